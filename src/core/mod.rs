@@ -1,0 +1,262 @@
+//! The sans-IO core: one datagram in, one [`Action`] out.
+//!
+//! [`handle`] is a pure function of (datagram bytes, source address, local address, `now`,
+//! snapshot, policy). It owns no socket, reads no clock and draws no randomness: the daemon
+//! passes everything in, and unit tests drive it with plain byte strings.
+//!
+//! Layers: [`scan`] frames the datagram, [`grammar`] reads the few header values the proxy
+//! interprets, [`splice`] builds the forwarded bytes by editing the arrival buffer, [`keys`] makes
+//! and checks the keyed branch / tag / Route token, and [`proxy`] holds the RFC 3261 16.11
+//! stateless-proxy and admission logic.
+
+pub mod grammar;
+pub mod keys;
+pub mod policy;
+pub mod proxy;
+pub mod scan;
+pub mod splice;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use policy::{Listener, Policy, PolicyError};
+pub use proxy::handle;
+
+use crate::credit::RefusalCause;
+
+/// One received datagram and its context.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    pub data: &'a [u8],
+    pub source: SocketAddr,
+    /// The local address of the socket it arrived on.
+    pub local: SocketAddr,
+    pub now: Instant,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `bytes` to `to` from the socket bound to `from` (a proxied request or response).
+    Forward {
+        from: SocketAddr,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// Send creditgate's own response `bytes` to `to` from the socket bound to `from`.
+    Reply {
+        from: SocketAddr,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// Send nothing.
+    Drop,
+}
+
+/// An account id as found by identification: borrowed from the datagram or shared with the
+/// snapshot's IP index. No allocation either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountId<'a> {
+    Borrowed(&'a str),
+    Shared(Arc<str>),
+}
+
+impl AccountId<'_> {
+    pub fn as_str(&self) -> &str {
+        match self {
+            AccountId::Borrowed(s) => s,
+            AccountId::Shared(s) => s,
+        }
+    }
+}
+
+/// What kind of message passed through without a credit check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PassKind {
+    /// A response relayed back along the Via path.
+    Response,
+    /// A request from an upstream or trusted address.
+    FromUpstream,
+    /// An in-dialog request of a customer carrying a valid Route token.
+    InDialog,
+    /// ACK (of a 2xx, or of a non-2xx final from the switch).
+    Ack,
+    Cancel,
+    /// An out-of-dialog request of a method that needs no credit (REGISTER, OPTIONS, ...).
+    OtherMethod,
+}
+
+impl PassKind {
+    pub const ALL: [PassKind; 6] = [
+        PassKind::Response,
+        PassKind::FromUpstream,
+        PassKind::InDialog,
+        PassKind::Ack,
+        PassKind::Cancel,
+        PassKind::OtherMethod,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassKind::Response => "response",
+            PassKind::FromUpstream => "from_upstream",
+            PassKind::InDialog => "in_dialog",
+            PassKind::Ack => "ack",
+            PassKind::Cancel => "cancel",
+            PassKind::OtherMethod => "other_method",
+        }
+    }
+}
+
+/// Answers creditgate gives on its own that are not credit refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Answer {
+    /// 400, with the reason phrase naming the defect.
+    BadRequest(&'static str),
+    /// 416
+    UnsupportedUriScheme,
+    /// 420
+    BadExtension,
+    /// 482
+    LoopDetected,
+    /// 483
+    TooManyHops,
+    /// 478: the next hop of a request from the switch is not an IP address.
+    Unresolvable,
+    /// 505
+    VersionNotSupported,
+    /// 403 for a method creditgate does not forward (`forward_other_methods = false`).
+    MethodNotAllowed,
+    /// 200 to an OPTIONS ping addressed to creditgate.
+    OptionsPing,
+}
+
+impl Answer {
+    pub fn code(self) -> u16 {
+        match self {
+            Answer::BadRequest(_) => 400,
+            Answer::UnsupportedUriScheme => 416,
+            Answer::BadExtension => 420,
+            Answer::LoopDetected => 482,
+            Answer::TooManyHops => 483,
+            Answer::Unresolvable => 478,
+            Answer::VersionNotSupported => 505,
+            Answer::MethodNotAllowed => 403,
+            Answer::OptionsPing => 200,
+        }
+    }
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::BadRequest(_) => "bad_request",
+            Answer::UnsupportedUriScheme => "unsupported_uri_scheme",
+            Answer::BadExtension => "bad_extension",
+            Answer::LoopDetected => "loop_detected",
+            Answer::TooManyHops => "too_many_hops",
+            Answer::Unresolvable => "unresolvable",
+            Answer::VersionNotSupported => "version_not_supported",
+            Answer::MethodNotAllowed => "method_not_allowed",
+            Answer::OptionsPing => "options_ping",
+        }
+    }
+}
+
+/// Why a datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// CRLF keep-alive: expected traffic, not an error.
+    KeepAlive,
+    /// Could not be framed as SIP at all.
+    Unparseable,
+    /// A request too broken to answer (no usable Via or CSeq), or a malformed ACK.
+    Malformed,
+    /// A malformed response.
+    MalformedResponse,
+    /// A response whose top Via is not creditgate's (forged, stray, or for another element).
+    NotOurVia,
+    /// A response with no Via below creditgate's.
+    NoNextVia,
+    /// The destination is not a usable unicast address (broadcast, a DNS name, port 0...).
+    BadDestination,
+    /// No listening socket of the destination's address family.
+    NoEgress,
+    /// The ACK of one of creditgate's own refusals.
+    AckAbsorbed,
+    /// An ACK that would need an error reply (ACKs are never answered).
+    AckRejected,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        DropReason::KeepAlive,
+        DropReason::Unparseable,
+        DropReason::Malformed,
+        DropReason::MalformedResponse,
+        DropReason::NotOurVia,
+        DropReason::NoNextVia,
+        DropReason::BadDestination,
+        DropReason::NoEgress,
+        DropReason::AckAbsorbed,
+        DropReason::AckRejected,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::KeepAlive => "keepalive",
+            DropReason::Unparseable => "unparseable",
+            DropReason::Malformed => "malformed",
+            DropReason::MalformedResponse => "malformed_response",
+            DropReason::NotOurVia => "not_our_via",
+            DropReason::NoNextVia => "no_next_via",
+            DropReason::BadDestination => "bad_destination",
+            DropReason::NoEgress => "no_egress",
+            DropReason::AckAbsorbed => "ack_absorbed",
+            DropReason::AckRejected => "ack_rejected",
+        }
+    }
+}
+
+/// What happened, for logs and metrics (one place defines each outcome, STYLE rule 11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A new call passed the credit check and was forwarded.
+    Admitted {
+        account: Option<AccountId<'a>>,
+        call_id: &'a [u8],
+    },
+    /// A new call was refused with the `[reply]` of `cause`.
+    Refused {
+        cause: RefusalCause,
+        account: Option<AccountId<'a>>,
+        call_id: &'a [u8],
+    },
+    /// Dry run (`enforce = false`): would have been refused, forwarded instead.
+    WouldRefuse {
+        cause: RefusalCause,
+        account: Option<AccountId<'a>>,
+        call_id: &'a [u8],
+    },
+    /// Forwarded without a credit check.
+    Passed(PassKind),
+    /// Answered by creditgate itself.
+    Answered(Answer),
+    Dropped(DropReason),
+}
+
+/// The result of handling one datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome<'a> {
+    pub action: Action,
+    pub event: Event<'a>,
+}
+
+impl<'a> Outcome<'a> {
+    pub(crate) fn drop(reason: DropReason) -> Self {
+        Outcome {
+            action: Action::Drop,
+            event: Event::Dropped(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+//! Everything the core needs to know about the deployment, computed once from the configuration
+//! (STYLE rule 5): own addresses, upstream and trusted networks, reply templates, identification
+//! order, credit rules. A new `Policy` is built on reload and swapped in whole.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::grammar::Host;
+use super::keys::Keys;
+use crate::config::{Config, IdentifyRule, OnNoSnapshot, OnStale, ReplySpec};
+use crate::credit::RefusalCause;
+
+/// A listening socket as the core sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// The address the socket is bound to (what `Packet::local` carries, what `Action` names).
+    pub bound: SocketAddr,
+    /// `host:port` written into Via and Record-Route for traffic leaving through it.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+}
+
+/// A prebuilt refusal: status line and extra header lines.
+#[derive(Debug, Clone)]
+pub struct ReplyTemplate {
+    pub code: u16,
+    /// `SIP/2.0 402 Payment Required\r\n`
+    pub status_line: Vec<u8>,
+    /// `Reason: ...\r\n` and `Retry-After: ...\r\n` lines.
+    pub extra: Vec<u8>,
+}
+
+/// Why a policy could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// No listening socket was given (a daemon bug, or every bind failed).
+    #[error("no listening socket")]
+    NoListener,
+}
+
+/// The core's view of the configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub keys: Keys,
+    pub listeners: Vec<Listener>,
+    /// Addresses naming creditgate in a Via sent-by or a Route URI.
+    own: Vec<(OwnHost, u16)>,
+    pub upstreams: Vec<SocketAddr>,
+    /// Source networks never credit-checked: upstream IPs (host prefixes) and `[sip] trusted`.
+    pub trusted: Vec<IpNet>,
+    pub record_route: bool,
+    /// Upper-case method names that need credit.
+    pub check_methods: Vec<Vec<u8>>,
+    pub forward_other_methods: bool,
+    pub identify: Vec<IdentifyRule>,
+    pub replies: [ReplyTemplate; 7],
+    pub on_stale: OnStale,
+    pub max_staleness: Duration,
+    pub on_no_snapshot: OnNoSnapshot,
+    pub enforce: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnHost {
+    Ip(IpAddr),
+    Name(String),
+}
+
+fn reply_template(cause: RefusalCause, spec: &ReplySpec) -> ReplyTemplate {
+    let status_line = format!("SIP/2.0 {} {}\r\n", spec.code, spec.reason).into_bytes();
+    let mut extra = format!(
+        "Reason: SIP;cause={};text=\"{}\"\r\n",
+        spec.code,
+        cause.as_str()
+    )
+    .into_bytes();
+    if let Some(ra) = spec.retry_after {
+        extra.extend_from_slice(format!("Retry-After: {}\r\n", ra.as_secs().max(1)).as_bytes());
+    }
+    ReplyTemplate {
+        code: spec.code,
+        status_line,
+        extra,
+    }
+}
+
+fn normalise(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Policy {
+    /// Builds the policy. `listeners` are the sockets actually bound (ports resolved, unspecified
+    /// addresses replaced by the address to advertise).
+    pub fn new(cfg: &Config, keys: Keys, listeners: Vec<Listener>) -> Result<Policy, PolicyError> {
+        if listeners.is_empty() {
+            return Err(PolicyError::NoListener);
+        }
+        let mut own = Vec::new();
+        for l in &listeners {
+            let host = match l.advertised_host.parse::<IpAddr>() {
+                Ok(ip) => OwnHost::Ip(normalise(ip)),
+                Err(_) => OwnHost::Name(l.advertised_host.to_ascii_lowercase()),
+            };
+            own.push((host, l.advertised_port));
+            if !l.bound.ip().is_unspecified() {
+                own.push((OwnHost::Ip(normalise(l.bound.ip())), l.bound.port()));
+            }
+        }
+        own.dedup();
+        let mut trusted: Vec<IpNet> = cfg
+            .sip
+            .upstream
+            .iter()
+            .map(|u| IpNet::from(normalise(u.ip())))
+            .collect();
+        trusted.extend(cfg.sip.trusted.iter().copied());
+        let r = &cfg.reply;
+        let replies = [
+            reply_template(RefusalCause::InsufficientCredit, &r.insufficient_credit),
+            reply_template(RefusalCause::UnknownAccount, &r.unknown_account),
+            reply_template(RefusalCause::AccountDisabled, &r.account_disabled),
+            reply_template(RefusalCause::NoSnapshot, &r.no_snapshot),
+            reply_template(RefusalCause::ChannelLimit, &r.channel_limit),
+            reply_template(RefusalCause::CpsLimit, &r.cps_limit),
+            reply_template(RefusalCause::SpendLimit, &r.spend_limit),
+        ];
+        Ok(Policy {
+            keys,
+            listeners,
+            own,
+            upstreams: cfg.sip.upstream.clone(),
+            trusted,
+            record_route: cfg.sip.record_route,
+            check_methods: cfg
+                .sip
+                .check_methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase().into_bytes())
+                .collect(),
+            forward_other_methods: cfg.sip.forward_other_methods,
+            identify: cfg.identify.order.clone(),
+            replies,
+            on_stale: cfg.credit.on_stale,
+            max_staleness: cfg.credit.max_staleness,
+            on_no_snapshot: cfg.credit.on_no_snapshot,
+            enforce: cfg.credit.enforce,
+        })
+    }
+
+    pub fn reply(&self, cause: RefusalCause) -> &ReplyTemplate {
+        &self.replies[cause.index()]
+    }
+
+    /// Whether `host:port` (port `None` = 5060) names creditgate.
+    pub fn is_own(&self, host_text: &[u8], host: Host, port: Option<u16>) -> bool {
+        let port = port.unwrap_or(5060);
+        self.own.iter().any(|(h, p)| {
+            *p == port
+                && match (h, host) {
+                    (OwnHost::Ip(a), Host::Ip(b)) => *a == normalise(b),
+                    (OwnHost::Name(n), Host::Name) => n.as_bytes().eq_ignore_ascii_case(host_text),
+                    _ => false,
+                }
+        })
+    }
+
+    /// Whether requests from this address skip the credit check.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = normalise(ip);
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The upstream for a call: stable per Call-ID (FNV-1a), so every request of a call, its
+    /// CANCEL and its ACK reach the same switch.
+    pub fn upstream_for(&self, call_id: &[u8]) -> Option<SocketAddr> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in call_id {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let n = self.upstreams.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        self.upstreams
+            .get(usize::try_from(h % n).unwrap_or(0))
+            .copied()
+    }
+
+    /// The listener to send to `dest` from: the receiving one when the family matches.
+    pub fn egress(&self, local: SocketAddr, dest: SocketAddr) -> Option<&Listener> {
+        let fam = |a: &SocketAddr| normalise(a.ip()).is_ipv4();
+        let dual = |l: &Listener| l.bound.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        self.listeners
+            .iter()
+            .find(|l| l.bound == local && (fam(&l.bound) == fam(&dest) || dual(l)))
+            .or_else(|| self.listeners.iter().find(|l| fam(&l.bound) == fam(&dest)))
+            .or_else(|| self.listeners.iter().find(|l| dual(l)))
+    }
+}

@@ -1,0 +1,1040 @@
+//! The stateless proxy (RFC 3261 16.11) with credit admission (SPEC sections 1, 4, 6).
+//!
+//! Requests: validate (16.3), answer what creditgate answers itself (refusals, 4xx/5xx, OPTIONS
+//! ping), otherwise forward with `received`/`rport` on the top Via (RFC 3581), creditgate's own
+//! keyed Via on top, Max-Forwards decremented, our Route popped and, for new dialogs, a
+//! Record-Route carrying the dialog token. Responses: relayed only when the top Via is
+//! creditgate's and its branch verifies; that Via is removed and the response goes to the next
+//! Via's `received`/`rport`/sent-by (18.2.2).
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+
+use smallvec::SmallVec;
+
+use super::grammar::{
+    self, for_each_name_addr, for_each_via, parse_uri, single_name_addr, Host, NameAddr, Scheme,
+    Via,
+};
+use super::keys::{ct_eq, BRANCH_LEN};
+use super::scan::{self, Hdr, HeaderLine, Message, Start};
+use super::splice::{bytes, Edits};
+use super::{AccountId, Action, Answer, DropReason, Event, Outcome, Packet, PassKind, Policy};
+use crate::config::{IdentifyRule, OnNoSnapshot, OnStale};
+use crate::credit::{credit_decision, CreditDecision, RefusalCause};
+use crate::snapshot::Snapshot;
+
+const MAGIC: &[u8] = b"z9hG4bK";
+const OUR_BRANCH_PREFIX: &[u8] = b"z9hG4bKcg";
+/// Max-Forwards assumed when a request carries none (RFC 3261 16.6 step 3).
+const DEFAULT_MAX_FORWARDS: u8 = 70;
+
+/// Handles one datagram.
+pub fn handle<'a>(pkt: Packet<'a>, snap: &Snapshot, policy: &Policy) -> Outcome<'a> {
+    if scan::is_keepalive(pkt.data) {
+        return Outcome::drop(DropReason::KeepAlive);
+    }
+    let msg = match scan::scan(pkt.data) {
+        Ok(m) => m,
+        Err(_) => return Outcome::drop(DropReason::Unparseable),
+    };
+    let source = SocketAddr::new(normalise(pkt.source.ip()), pkt.source.port());
+    let pkt = Packet { source, ..pkt };
+    match msg.start {
+        Start::Response { .. } => handle_response(&msg, pkt, policy),
+        Start::Request {
+            ref method,
+            ref uri,
+        } => {
+            let (method, uri) = (method.clone(), uri.clone());
+            handle_request(&msg, method, uri, pkt, snap, policy)
+        }
+    }
+}
+
+fn normalise(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The first two via-parms of a message, with the header line that carries the first.
+struct TopVias {
+    first_line: Range<usize>,
+    /// Whether the first Via header carries more than one via-parm.
+    first_shared: bool,
+    top: Via,
+    second: Option<Via>,
+}
+
+fn top_vias(msg: &Message<'_>) -> Option<Result<TopVias, grammar::GrammarError>> {
+    let mut vias = msg.headers.iter().filter(|h| h.kind == Hdr::Via);
+    let first = vias.next()?;
+    let mut found: SmallVec<[Via; 2]> = SmallVec::new();
+    if let Err(e) = for_each_via(msg.buf, first.value.clone(), |v| {
+        found.push(v);
+        found.len() < 2
+    }) {
+        return Some(Err(e));
+    }
+    let first_shared = found.len() > 1;
+    if found.len() < 2 {
+        if let Some(next) = vias.next() {
+            match grammar::first_via(msg.buf, next.value.clone()) {
+                Ok(v) => found.push(v),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+    let mut it = found.into_iter();
+    let top = it.next()?;
+    Some(Ok(TopVias {
+        first_line: first.line.clone(),
+        first_shared,
+        top,
+        second: it.next(),
+    }))
+}
+
+/// The transaction identity of a request as its sender's top Via gives it (RFC 3261 16.11):
+/// the branch and sent-by when the branch has the magic cookie, otherwise the fields an RFC 2543
+/// element keeps constant (no Request-URI or To-tag, so responses and the ACK of a non-2xx
+/// verify against the same value).
+fn txn_parts<'b>(
+    buf: &'b [u8],
+    via: &Via,
+    call_id: &'b [u8],
+    from_tag: &'b [u8],
+    cseq: &'b [u8],
+) -> SmallVec<[&'b [u8]; 4]> {
+    let branch = via.branch.clone().map(|b| &buf[b]).unwrap_or_default();
+    let sent_by = &buf[via.sent_by()];
+    if branch.len() > MAGIC.len() && branch.starts_with(MAGIC) {
+        SmallVec::from_slice(&[branch, sent_by])
+    } else {
+        SmallVec::from_slice(&[sent_by, call_id, from_tag, cseq])
+    }
+}
+
+fn header<'m>(msg: &'m Message<'_>, kind: Hdr) -> impl Iterator<Item = &'m HeaderLine> {
+    msg.headers.iter().filter(move |h| h.kind == kind)
+}
+
+/// The CSeq number as written (digits), for hashing.
+fn cseq_num_bytes<'b>(buf: &'b [u8], value: &Range<usize>) -> &'b [u8] {
+    let v = &buf[value.clone()];
+    let n = v
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(v.len());
+    let digits = &v[..n];
+    // Leading zeros do not make a different transaction.
+    let z = digits
+        .iter()
+        .position(|b| *b != b'0')
+        .unwrap_or(digits.len().saturating_sub(1));
+    &digits[z..]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> Outcome<'a> {
+    if msg.defect.is_some() {
+        return Outcome::drop(DropReason::MalformedResponse);
+    }
+    let tv = match top_vias(msg) {
+        Some(Ok(tv)) => tv,
+        Some(Err(_)) | None => return Outcome::drop(DropReason::MalformedResponse),
+    };
+    let buf = msg.buf;
+    let top = &tv.top;
+    let branch = top.branch.clone().map(|b| &buf[b]).unwrap_or_default();
+    if branch.len() != BRANCH_LEN
+        || !branch.starts_with(OUR_BRANCH_PREFIX)
+        || !policy.is_own(&buf[top.host_span.clone()], top.host, top.port)
+    {
+        return Outcome::drop(DropReason::NotOurVia);
+    }
+    let Some(next) = tv.second.as_ref() else {
+        return Outcome::drop(DropReason::NoNextVia);
+    };
+    // Verify the branch: recompute its transaction part from the Via below ours.
+    let call_id = header(msg, Hdr::CallId)
+        .next()
+        .map(|h| &buf[h.value.clone()])
+        .unwrap_or_default();
+    let from_tag = header(msg, Hdr::From)
+        .next()
+        .and_then(|h| single_name_addr(buf, h.value.clone()).ok())
+        .and_then(|na| na.tag)
+        .map(|t| &buf[t])
+        .unwrap_or_default();
+    let cseq = header(msg, Hdr::CSeq)
+        .next()
+        .map(|h| cseq_num_bytes(buf, &h.value))
+        .unwrap_or_default();
+    let want = policy
+        .keys
+        .branch_txn(&txn_parts(buf, next, call_id, from_tag, cseq));
+    if !ct_eq(&branch[9..25], &want) {
+        return Outcome::drop(DropReason::NotOurVia);
+    }
+    let Some(to) = response_target(buf, next) else {
+        return Outcome::drop(DropReason::BadDestination);
+    };
+    let Some(out) = policy.egress(pkt.local, to) else {
+        return Outcome::drop(DropReason::NoEgress);
+    };
+    let mut e = Edits::new();
+    if tv.first_shared {
+        // Remove "ours, " up to the next via-parm.
+        e.delete(top.span.start..next.span.start);
+    } else {
+        e.delete(tv.first_line.clone());
+    }
+    let bytes = e.apply(buf, msg.body.end);
+    Outcome {
+        action: Action::Forward {
+            from: out.bound,
+            to,
+            bytes,
+        },
+        event: Event::Passed(PassKind::Response),
+    }
+}
+
+/// Where a response goes per RFC 3261 18.2.2 / RFC 3581: `received` (else the sent-by IP), and
+/// `rport` (else the sent-by port, else 5060).
+fn response_target(buf: &[u8], via: &Via) -> Option<SocketAddr> {
+    let ip = match &via.received {
+        Some((_, v)) => parse_ip_text(&buf[v.clone()])?,
+        None => match via.host {
+            Host::Ip(ip) => ip,
+            Host::Name => return None,
+        },
+    };
+    let port = match &via.rport {
+        Some((_, Some(v))) => scan::parse_u32_digits(&buf[v.clone()])
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0),
+        _ => None,
+    }
+    .or(via.port)
+    .unwrap_or(5060);
+    usable_unicast(SocketAddr::new(normalise(ip), port))
+}
+
+fn parse_ip_text(t: &[u8]) -> Option<IpAddr> {
+    let t = t
+        .strip_prefix(b"[")
+        .and_then(|x| x.strip_suffix(b"]"))
+        .unwrap_or(t);
+    std::str::from_utf8(t).ok()?.parse().ok()
+}
+
+/// Refuses destinations that are not one unicast host (RFC 4475 bcast: never reflect to a
+/// broadcast address).
+fn usable_unicast(a: SocketAddr) -> Option<SocketAddr> {
+    let ok = match a.ip() {
+        IpAddr::V4(v4) => {
+            !(v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.octets()[3] == 255 && v4.octets()[0] >= 224)
+        }
+        IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+    };
+    (ok && a.port() != 0).then_some(a)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// The parts of a request needed for replies and decisions.
+struct Req<'m, 'a> {
+    msg: &'m Message<'a>,
+    method: &'a [u8],
+    tv: Option<TopVias>,
+    call_id: &'a [u8],
+    from_tag: &'a [u8],
+    from: Option<NameAddr>,
+    to: Option<NameAddr>,
+    to_line: Option<Range<usize>>,
+    cseq: &'a [u8],
+}
+
+fn handle_request<'a>(
+    msg: &Message<'a>,
+    method: Range<usize>,
+    uri: Range<usize>,
+    pkt: Packet<'a>,
+    snap: &Snapshot,
+    policy: &Policy,
+) -> Outcome<'a> {
+    let buf = msg.buf;
+    let method_b = &buf[method];
+    let is_ack = method_b == b"ACK";
+    let is_cancel = method_b == b"CANCEL";
+
+    // Whatever a reply needs, gathered leniently first so that even a broken request can get its
+    // 400 (RFC 3261 8.2.6 / 16.3 step 1).
+    let tv = match top_vias(msg) {
+        Some(Ok(tv)) => Some(tv),
+        _ => None,
+    };
+    let via_present = header(msg, Hdr::Via).next().is_some();
+    let cseq_h = header(msg, Hdr::CSeq).next();
+    let call_id = header(msg, Hdr::CallId)
+        .next()
+        .map(|h| &buf[h.value.clone()])
+        .unwrap_or_default();
+    let from = header(msg, Hdr::From)
+        .next()
+        .and_then(|h| single_name_addr(buf, h.value.clone()).ok());
+    let to_h = header(msg, Hdr::To).next();
+    let to = to_h.and_then(|h| single_name_addr(buf, h.value.clone()).ok());
+    let from_tag = from
+        .as_ref()
+        .and_then(|f| f.tag.clone())
+        .map(|t| &buf[t])
+        .unwrap_or_default();
+    let cseq = cseq_h
+        .map(|h| cseq_num_bytes(buf, &h.value))
+        .unwrap_or_default();
+    let req = Req {
+        msg,
+        method: method_b,
+        tv,
+        call_id,
+        from_tag,
+        from,
+        to,
+        to_line: to_h.map(|h| h.line.clone()),
+        cseq,
+    };
+
+    // Without a Via and a CSeq no response can be matched by the sender: drop.
+    if !via_present || cseq_h.is_none() {
+        return Outcome::drop(if is_ack {
+            DropReason::AckRejected
+        } else {
+            DropReason::Malformed
+        });
+    }
+    let bad = |reason: &'static str| answer(&req, pkt, policy, Answer::BadRequest(reason), &[]);
+    if let Some(d) = msg.defect {
+        if is_ack {
+            return Outcome::drop(DropReason::AckRejected);
+        }
+        return if d == scan::Defect::BadVersion {
+            answer(&req, pkt, policy, Answer::VersionNotSupported, &[])
+        } else {
+            bad(d.as_str())
+        };
+    }
+    if is_ack && (req.tv.is_none() || req.from.is_none() || req.to.is_none() || call_id.is_empty())
+    {
+        return Outcome::drop(DropReason::AckRejected);
+    }
+    let Some(tv) = req.tv.as_ref() else {
+        return bad("Malformed Via");
+    };
+    // Exactly one of each of these (RFC 4475 multi01: never pick one of several callers).
+    for (kind, what) in [
+        (Hdr::From, "Missing or repeated From"),
+        (Hdr::To, "Missing or repeated To"),
+        (Hdr::CallId, "Missing or repeated Call-ID"),
+        (Hdr::CSeq, "Repeated CSeq"),
+    ] {
+        if header(msg, kind).count() != 1 {
+            return if is_ack {
+                Outcome::drop(DropReason::AckRejected)
+            } else {
+                bad(what)
+            };
+        }
+    }
+    if header(msg, Hdr::MaxForwards).count() > 1 {
+        return bad("Repeated Max-Forwards");
+    }
+    if call_id.is_empty() || call_id.iter().any(|b| *b <= b' ' || *b >= 0x7f) {
+        return bad("Malformed Call-ID");
+    }
+    if req.from.is_none() {
+        return bad("Malformed From");
+    }
+    if req.to.is_none() {
+        return bad("Malformed To");
+    }
+    match cseq_h.map(|h| grammar::parse_cseq(buf, h.value.clone())) {
+        Some(Ok((_, m))) if &buf[m.clone()] == method_b => {}
+        Some(Ok(_)) => return bad("CSeq method does not match the request"),
+        _ => return bad("Malformed CSeq"),
+    }
+    let ruri = match parse_uri(buf, uri.clone()) {
+        Ok(u) if u.scheme == Scheme::Other => {
+            return answer(&req, pkt, policy, Answer::UnsupportedUriScheme, &[])
+        }
+        Ok(u) if u.has_headers => return bad("Headers in Request-URI"),
+        Ok(u) => u,
+        Err(_) => return bad("Malformed Request-URI"),
+    };
+    let to_tag = req.to.as_ref().and_then(|t| t.tag.clone()).map(|t| &buf[t]);
+    let top_branch = tv.top.branch.clone().map(|b| &buf[b]).unwrap_or_default();
+    let cseq_n = scan::parse_u32_digits(cseq).unwrap_or(0);
+
+    // The ACK of creditgate's own refusal ends there (its To-tag is ours).
+    if is_ack {
+        if let Some(tt) = to_tag {
+            let ours = policy
+                .keys
+                .refusal_tag(call_id, req.from_tag, cseq_n, top_branch);
+            if ct_eq(tt, &ours) {
+                return Outcome::drop(DropReason::AckAbsorbed);
+            }
+        }
+    }
+
+    let routes = RouteInfo::read(msg, policy);
+    let Ok(routes) = routes else {
+        return bad("Malformed Route");
+    };
+
+    // OPTIONS addressed to creditgate itself: answer, so customers and balancers can ping it.
+    if method_b == b"OPTIONS" && to_tag.is_none() && ruri.user.is_none() && routes.remaining == 0 {
+        return answer(&req, pkt, policy, Answer::OptionsPing, &[]);
+    }
+
+    let mf = match header(msg, Hdr::MaxForwards).next() {
+        Some(h) => match grammar::parse_max_forwards(&buf[h.value.clone()]) {
+            Ok(v) => Some((h, v)),
+            Err(_) => return bad("Malformed Max-Forwards"),
+        },
+        None => None,
+    };
+    if mf.as_ref().is_some_and(|(_, v)| *v == 0) {
+        return if is_ack {
+            Outcome::drop(DropReason::AckRejected)
+        } else {
+            answer(&req, pkt, policy, Answer::TooManyHops, &[])
+        };
+    }
+    if !is_ack && !is_cancel {
+        let mut unsupported: SmallVec<[&[u8]; 4]> = SmallVec::new();
+        for h in header(msg, Hdr::ProxyRequire) {
+            unsupported.extend(
+                buf[h.value.clone()]
+                    .split(|b| *b == b',')
+                    .map(trim)
+                    .filter(|t| !t.is_empty()),
+            );
+        }
+        if !unsupported.is_empty() {
+            let mut line = b"Unsupported: ".to_vec();
+            for (i, t) in unsupported.iter().enumerate() {
+                if i > 0 {
+                    line.extend_from_slice(b", ");
+                }
+                line.extend_from_slice(t);
+            }
+            line.extend_from_slice(b"\r\n");
+            return answer(&req, pkt, policy, Answer::BadExtension, &[&line]);
+        }
+    }
+
+    // Loop detection (16.3 step 4): a Via of ours whose loop hash equals the one we would put.
+    let loop_hash = policy
+        .keys
+        .branch_loop(&[&buf[uri.clone()], call_id, req.from_tag, cseq]);
+    if header(msg, Hdr::Via).count() > 1 || tv.first_shared {
+        let mut looped = false;
+        for h in header(msg, Hdr::Via) {
+            let _ = for_each_via(buf, h.value.clone(), |v| {
+                if let Some(b) = v.branch.clone() {
+                    let b = &buf[b];
+                    if b.len() == BRANCH_LEN
+                        && b.starts_with(OUR_BRANCH_PREFIX)
+                        && b[25..] == loop_hash
+                        && policy.is_own(&buf[v.host_span.clone()], v.host, v.port)
+                    {
+                        looped = true;
+                    }
+                }
+                !looped
+            });
+            if looped {
+                break;
+            }
+        }
+        if looped {
+            return if is_ack {
+                Outcome::drop(DropReason::AckRejected)
+            } else {
+                answer(&req, pkt, policy, Answer::LoopDetected, &[])
+            };
+        }
+    }
+
+    let from_upstream = policy.is_trusted(pkt.source.ip());
+    let ruri_user = ruri.user.clone().map(|u| &buf[u]).unwrap_or_default();
+    let is_check_method = policy
+        .check_methods
+        .iter()
+        .any(|m| m.as_slice() == method_b);
+
+    // Classify.
+    let mut event = if from_upstream {
+        Event::Passed(PassKind::FromUpstream)
+    } else if is_ack {
+        Event::Passed(PassKind::Ack)
+    } else if is_cancel {
+        Event::Passed(PassKind::Cancel)
+    } else {
+        let token_ok = to_tag.is_some()
+            && routes.token_valid(policy, call_id, req.from_tag, to_tag.unwrap_or_default());
+        if token_ok {
+            Event::Passed(PassKind::InDialog)
+        } else if is_check_method {
+            // A new call, or an in-dialog request without creditgate's token: credit decides.
+            match admission(&req, ruri_user, pkt, snap, policy) {
+                Ok(account) => Event::Admitted { account, call_id },
+                Err((cause, account)) if policy.enforce => {
+                    return refusal(&req, pkt, policy, cause, account);
+                }
+                Err((cause, account)) => Event::WouldRefuse {
+                    cause,
+                    account,
+                    call_id,
+                },
+            }
+        } else if to_tag.is_some() {
+            Event::Passed(PassKind::InDialog)
+        } else if policy.forward_other_methods {
+            Event::Passed(PassKind::OtherMethod)
+        } else {
+            return answer(&req, pkt, policy, Answer::MethodNotAllowed, &[]);
+        }
+    };
+
+    // Next hop.
+    let dest = if from_upstream {
+        match routes.next_hop(buf).or_else(|| uri_target(buf, &ruri)) {
+            Some(Ok(a)) => a,
+            Some(Err(())) | None => {
+                return if is_ack {
+                    Outcome::drop(DropReason::BadDestination)
+                } else {
+                    answer(&req, pkt, policy, Answer::Unresolvable, &[])
+                };
+            }
+        }
+    } else {
+        // Customers reach only the switch: a Route or Request-URI naming an upstream is
+        // honoured, anything else goes to the upstream chosen by Call-ID (no open relay).
+        let named = routes
+            .next_hop(buf)
+            .or_else(|| uri_target(buf, &ruri))
+            .and_then(Result::ok);
+        match named.filter(|a| policy.upstreams.iter().any(|u| normalise(u.ip()) == a.ip())) {
+            Some(a) => a,
+            None => match policy.upstream_for(call_id) {
+                Some(a) => a,
+                None => return Outcome::drop(DropReason::BadDestination),
+            },
+        }
+    };
+    let Some(dest) = usable_unicast(dest) else {
+        return Outcome::drop(DropReason::BadDestination);
+    };
+    if policy.is_own(
+        dest.ip().to_string().as_bytes(),
+        Host::Ip(dest.ip()),
+        Some(dest.port()),
+    ) {
+        return if is_ack {
+            Outcome::drop(DropReason::AckRejected)
+        } else {
+            answer(&req, pkt, policy, Answer::LoopDetected, &[])
+        };
+    }
+    let Some(out) = policy.egress(pkt.local, dest) else {
+        return Outcome::drop(DropReason::NoEgress);
+    };
+
+    // Build the forwarded request.
+    let mut e = Edits::new();
+    let insert_at = tv.first_line.start;
+    let from_tag_b = req.from_tag;
+    let txn = txn_parts(buf, &tv.top, call_id, from_tag_b, cseq);
+    let branch = policy
+        .keys
+        .branch(&txn, &[&buf[uri.clone()], call_id, from_tag_b, cseq]);
+    let host = bracket(&out.advertised_host);
+    let port = out.advertised_port.to_string();
+    top_via_edits(&mut e, buf, &tv.top, pkt.source);
+    match &mf {
+        Some((h, v)) => e.replace(h.value.clone(), bytes(&[(v - 1).to_string().as_bytes()])),
+        None => e.insert(
+            insert_at,
+            bytes(&[
+                b"Max-Forwards: ",
+                (DEFAULT_MAX_FORWARDS - 1).to_string().as_bytes(),
+                b"\r\n",
+            ]),
+        ),
+    }
+    if policy.record_route && to_tag.is_none() && creates_dialog(method_b) {
+        let token = policy.keys.route_token(call_id, from_tag_b);
+        let rr = bytes(&[
+            b"Record-Route: <sip:",
+            host.as_bytes(),
+            b":",
+            port.as_bytes(),
+            b";lr;cgt=",
+            &token,
+            b">\r\n",
+        ]);
+        let at = header(msg, Hdr::RecordRoute)
+            .next()
+            .map_or(insert_at, |h| h.line.start.min(insert_at));
+        e.insert(at, rr);
+    }
+    // Our Via goes last at the insertion point, so it sits directly above the sender's Via.
+    e.insert(
+        insert_at,
+        bytes(&[
+            b"Via: SIP/2.0/UDP ",
+            host.as_bytes(),
+            b":",
+            port.as_bytes(),
+            b";branch=",
+            &branch,
+            b"\r\n",
+        ]),
+    );
+    if let Some(pop) = routes.pop {
+        e.delete(pop);
+    }
+    let bytes = e.apply(buf, msg.body.end);
+    if let Event::Admitted { .. } | Event::WouldRefuse { .. } = event {
+    } else if from_upstream {
+        event = Event::Passed(PassKind::FromUpstream);
+    }
+    Outcome {
+        action: Action::Forward {
+            from: out.bound,
+            to: dest,
+            bytes,
+        },
+        event,
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let a = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let z = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(a, |p| p + 1);
+    &s[a..z.max(a)]
+}
+
+fn bracket(host: &str) -> Cow<'_, str> {
+    if host.contains(':') && !host.starts_with('[') {
+        Cow::Owned(format!("[{host}]"))
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+fn creates_dialog(method: &[u8]) -> bool {
+    matches!(method, b"INVITE" | b"SUBSCRIBE" | b"REFER" | b"NOTIFY")
+}
+
+/// `received` (when the sent-by is not the source address, or rport asks for it) and the
+/// `rport` value on the top Via (RFC 3261 18.2.1, RFC 3581 4).
+fn top_via_edits(e: &mut Edits, buf: &[u8], via: &Via, source: SocketAddr) {
+    let src_ip = source.ip();
+    let need_received = via.rport.is_some()
+        || via.host != Host::Ip(src_ip) && normalise_host(via.host) != Some(src_ip);
+    if let Some((span, _)) = &via.rport {
+        e.replace(
+            span.clone(),
+            bytes(&[b"rport=", source.port().to_string().as_bytes()]),
+        );
+    }
+    if need_received {
+        let ip = src_ip.to_string();
+        match &via.received {
+            Some((span, _)) => e.replace(span.clone(), bytes(&[b"received=", ip.as_bytes()])),
+            None => e.insert(via.span.end, bytes(&[b";received=", ip.as_bytes()])),
+        }
+    }
+    let _ = buf;
+}
+
+fn normalise_host(h: Host) -> Option<IpAddr> {
+    match h {
+        Host::Ip(ip) => Some(normalise(ip)),
+        Host::Name => None,
+    }
+}
+
+/// The socket address a SIP URI names, when its host is an IP literal (`Err` for a DNS name:
+/// the core does no DNS).
+fn uri_target(buf: &[u8], uri: &grammar::Uri) -> Option<Result<SocketAddr, ()>> {
+    if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips) {
+        return Some(Err(()));
+    }
+    if let Some(maddr) = uri.param(buf, b"maddr") {
+        if let Some(ip) = parse_ip_text(maddr) {
+            return Some(Ok(SocketAddr::new(normalise(ip), uri.port.unwrap_or(5060))));
+        }
+    }
+    match uri.host {
+        Some(Host::Ip(ip)) => Some(Ok(SocketAddr::new(normalise(ip), uri.port.unwrap_or(5060)))),
+        _ => Some(Err(())),
+    }
+}
+
+/// The Route set as creditgate sees it.
+struct RouteInfo<'a> {
+    /// Span to delete when the top Route is ours.
+    pop: Option<Range<usize>>,
+    /// Our Route's `cgt` token, if the top Route was ours.
+    token: Option<&'a [u8]>,
+    /// The next Route's URI once ours is popped.
+    next: Option<grammar::Uri>,
+    /// Route values left after popping.
+    remaining: usize,
+}
+
+impl<'a> RouteInfo<'a> {
+    fn read(msg: &Message<'a>, policy: &Policy) -> Result<RouteInfo<'a>, grammar::GrammarError> {
+        let buf = msg.buf;
+        // (value, its header line, whether it is alone on that line); the first three suffice.
+        let mut values: SmallVec<[(NameAddr, Range<usize>, bool); 3]> = SmallVec::new();
+        let mut total = 0usize;
+        for h in header(msg, Hdr::Route) {
+            let mut in_line = 0usize;
+            for_each_name_addr(buf, h.value.clone(), |na| {
+                total += 1;
+                in_line += 1;
+                if values.len() < 3 {
+                    values.push((na, h.line.clone(), false));
+                }
+                true
+            })?;
+            if in_line == 1 {
+                if let Some(last) = values.iter_mut().rev().find(|v| v.1 == h.line) {
+                    last.2 = true;
+                }
+            }
+        }
+        let mut info = RouteInfo {
+            pop: None,
+            token: None,
+            next: None,
+            remaining: total,
+        };
+        let mut idx = 0;
+        if let Some((first, line, alone)) = values.first() {
+            let uri = parse_uri(buf, first.uri.clone())?;
+            let ours = matches!(uri.scheme, Scheme::Sip | Scheme::Sips)
+                && uri
+                    .host
+                    .is_some_and(|h| policy.is_own(&buf[uri.host_span.clone()], h, uri.port));
+            if ours {
+                info.token = uri.param(buf, b"cgt");
+                info.pop = Some(if *alone {
+                    line.clone()
+                } else {
+                    // Ours is the first of several values on one line: remove it and the comma.
+                    let next_start = values
+                        .get(1)
+                        .filter(|v| v.1 == *line)
+                        .map_or(first.span.end, |v| v.0.span.start);
+                    first.span.start..next_start
+                });
+                info.remaining = total - 1;
+                idx = 1;
+            }
+        }
+        if let Some((na, _, _)) = values.get(idx) {
+            info.next = Some(parse_uri(buf, na.uri.clone())?);
+        }
+        Ok(info)
+    }
+
+    fn next_hop(&self, buf: &[u8]) -> Option<Result<SocketAddr, ()>> {
+        self.next.as_ref().and_then(|u| uri_target(buf, u))
+    }
+
+    /// Whether our popped Route carried the token of this dialog. The token covers the Call-ID
+    /// and the initiator's tag, which is the From-tag one way and the To-tag the other.
+    fn token_valid(&self, policy: &Policy, call_id: &[u8], from_tag: &[u8], to_tag: &[u8]) -> bool {
+        let Some(t) = self.token else { return false };
+        ct_eq(t, &policy.keys.route_token(call_id, from_tag))
+            || ct_eq(t, &policy.keys.route_token(call_id, to_tag))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admission
+
+type Refusal<'a> = (RefusalCause, Option<AccountId<'a>>);
+
+/// Identifies the caller and decides from the snapshot (SPEC sections 1, 4, 5).
+fn admission<'a>(
+    req: &Req<'_, 'a>,
+    ruri_user: &'a [u8],
+    pkt: Packet<'a>,
+    snap: &Snapshot,
+    policy: &Policy,
+) -> Result<Option<AccountId<'a>>, Refusal<'a>> {
+    let Some(age) = snap.age(pkt.now) else {
+        return match policy.on_no_snapshot {
+            OnNoSnapshot::Reject => Err((RefusalCause::NoSnapshot, None)),
+            OnNoSnapshot::Admit => Ok(None),
+        };
+    };
+    let Some(id) = identify(req, ruri_user, pkt, snap, policy) else {
+        return Err((RefusalCause::UnknownAccount, None));
+    };
+    let Some(view) = snap.credit(id.as_str()) else {
+        return Err((RefusalCause::UnknownAccount, Some(id)));
+    };
+    if age > policy.max_staleness {
+        let refuse = match policy.on_stale {
+            OnStale::Serve => false,
+            OnStale::Reject => true,
+            OnStale::RejectPrepaid => view.debit_limit <= rust_decimal::Decimal::ZERO,
+        };
+        if refuse {
+            return Err((RefusalCause::NoSnapshot, Some(id)));
+        }
+    }
+    match credit_decision(view.enabled, view.balance, view.debit_limit) {
+        CreditDecision::Admit => Ok(Some(id)),
+        CreditDecision::Refuse(cause) => Err((cause, Some(id))),
+    }
+}
+
+/// The identification rules in the configured order; the first that names a known account wins.
+fn identify<'a>(
+    req: &Req<'_, 'a>,
+    ruri_user: &'a [u8],
+    pkt: Packet<'a>,
+    snap: &Snapshot,
+    policy: &Policy,
+) -> Option<AccountId<'a>> {
+    let buf = req.msg.buf;
+    for rule in &policy.identify {
+        let found: Option<AccountId<'a>> = match rule {
+            IdentifyRule::SourceIp => snap
+                .lookup_ip(pkt.source.ip(), ruri_user)
+                .map(AccountId::Shared),
+            IdentifyRule::Header(name) => req
+                .msg
+                .headers
+                .iter()
+                .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+                .and_then(|h| std::str::from_utf8(&buf[h.value.clone()]).ok())
+                .map(AccountId::Borrowed),
+            IdentifyRule::AuthUser => req
+                .msg
+                .headers
+                .iter()
+                .filter(|h| matches!(h.kind, Hdr::ProxyAuthorization | Hdr::Authorization))
+                .find_map(|h| auth_username(&buf[h.value.clone()]))
+                .and_then(|u| std::str::from_utf8(u).ok())
+                .map(AccountId::Borrowed),
+            IdentifyRule::FromUser => req
+                .from
+                .as_ref()
+                .and_then(|f| parse_uri(buf, f.uri.clone()).ok())
+                .and_then(|u| u.user)
+                .and_then(|u| std::str::from_utf8(&buf[u]).ok())
+                .map(AccountId::Borrowed),
+        };
+        if let Some(id) = found {
+            if snap.credit(id.as_str()).is_some() {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
+/// The `username` parameter of a Digest credentials value (quoted or token).
+fn auth_username(v: &[u8]) -> Option<&[u8]> {
+    let sp = v.iter().position(|b| b.is_ascii_whitespace())?;
+    let mut rest = &v[sp..];
+    loop {
+        rest = trim_start(rest);
+        let eq = rest.iter().position(|b| *b == b'=')?;
+        let name = trim(&rest[..eq]);
+        rest = trim_start(&rest[eq + 1..]);
+        let (val, after) = if rest.first() == Some(&b'"') {
+            let close = rest[1..].iter().position(|b| *b == b'"')? + 1;
+            (&rest[1..close], &rest[close + 1..])
+        } else {
+            let end = rest.iter().position(|b| *b == b',').unwrap_or(rest.len());
+            (trim(&rest[..end]), &rest[end..])
+        };
+        if name.eq_ignore_ascii_case(b"username") {
+            return (!val.is_empty()).then_some(val);
+        }
+        let comma = after.iter().position(|b| *b == b',')?;
+        rest = &after[comma + 1..];
+    }
+}
+
+fn trim_start(s: &[u8]) -> &[u8] {
+    let a = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    &s[a..]
+}
+
+// ---------------------------------------------------------------------------------------------
+// creditgate's own responses (stateless UAS, RFC 3261 8.2.6)
+
+fn refusal<'a>(
+    req: &Req<'_, 'a>,
+    pkt: Packet<'a>,
+    policy: &Policy,
+    cause: RefusalCause,
+    account: Option<AccountId<'a>>,
+) -> Outcome<'a> {
+    let t = policy.reply(cause);
+    let (to, bytes) = build_reply(req, pkt, policy, &t.status_line, &[&t.extra]);
+    Outcome {
+        action: Action::Reply {
+            from: pkt.local,
+            to,
+            bytes,
+        },
+        event: Event::Refused {
+            cause,
+            account,
+            call_id: req.call_id,
+        },
+    }
+}
+
+fn answer<'a>(
+    req: &Req<'_, 'a>,
+    pkt: Packet<'a>,
+    policy: &Policy,
+    kind: Answer,
+    extra: &[&[u8]],
+) -> Outcome<'a> {
+    if req.method == b"ACK" {
+        return Outcome::drop(DropReason::AckRejected);
+    }
+    let reason: &str = match kind {
+        Answer::BadRequest(r) => r,
+        Answer::UnsupportedUriScheme => "Unsupported URI Scheme",
+        Answer::BadExtension => "Bad Extension",
+        Answer::LoopDetected => "Loop Detected",
+        Answer::TooManyHops => "Too Many Hops",
+        Answer::Unresolvable => "Unresolvable destination",
+        Answer::VersionNotSupported => "Version Not Supported",
+        Answer::MethodNotAllowed => "Method not forwarded",
+        Answer::OptionsPing => "OK",
+    };
+    let status = format!("SIP/2.0 {} {}\r\n", kind.code(), reason);
+    let (to, bytes) = build_reply(req, pkt, policy, status.as_bytes(), extra);
+    Outcome {
+        action: Action::Reply {
+            from: pkt.local,
+            to,
+            bytes,
+        },
+        event: Event::Answered(kind),
+    }
+}
+
+/// A response built from the request: Vias (top one with `received`/`rport`), From, To (with a
+/// keyed To-tag when it had none, identical for retransmissions), Call-ID, CSeq, then `extra`.
+fn build_reply(
+    req: &Req<'_, '_>,
+    pkt: Packet<'_>,
+    policy: &Policy,
+    status_line: &[u8],
+    extra: &[&[u8]],
+) -> (SocketAddr, Vec<u8>) {
+    let msg = req.msg;
+    let buf = msg.buf;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(status_line);
+    let mut first = true;
+    for h in header(msg, Hdr::Via) {
+        match (&req.tv, first) {
+            (Some(tv), true) => {
+                let mut e = Edits::new();
+                top_via_edits(&mut e, buf, &tv.top, pkt.source);
+                let edited = e.apply(buf, h.line.end);
+                out.extend_from_slice(edited.get(h.line.start..).unwrap_or_default());
+            }
+            _ => out.extend_from_slice(&buf[h.line.clone()]),
+        }
+        first = false;
+    }
+    if let Some(h) = header(msg, Hdr::From).next() {
+        out.extend_from_slice(&buf[h.line.clone()]);
+    }
+    if let (Some(line), Some(to)) = (&req.to_line, &req.to) {
+        if to.tag.is_none() {
+            let top_branch = req
+                .tv
+                .as_ref()
+                .and_then(|tv| tv.top.branch.clone())
+                .map(|b| &buf[b])
+                .unwrap_or_default();
+            let tag = policy.keys.refusal_tag(
+                req.call_id,
+                req.from_tag,
+                scan::parse_u32_digits(req.cseq).unwrap_or(0),
+                top_branch,
+            );
+            let mut e = Edits::new();
+            e.insert(to.span.end, bytes(&[b";tag=", &tag]));
+            let edited = e.apply(buf, line.end);
+            out.extend_from_slice(edited.get(line.start..).unwrap_or_default());
+        } else {
+            out.extend_from_slice(&buf[line.clone()]);
+        }
+    } else if let Some(h) = header(msg, Hdr::To).next() {
+        out.extend_from_slice(&buf[h.line.clone()]);
+    }
+    for kind in [Hdr::CallId, Hdr::CSeq] {
+        if let Some(h) = header(msg, kind).next() {
+            out.extend_from_slice(&buf[h.line.clone()]);
+        }
+    }
+    for x in extra {
+        out.extend_from_slice(x);
+    }
+    out.extend_from_slice(b"Server: creditgate\r\nContent-Length: 0\r\n\r\n");
+    (reply_target(req, pkt), out)
+}
+
+/// RFC 3261 18.2.2 with RFC 3581: the source address, at the source port when the top Via has
+/// `rport`, else at the sent-by port (5060 by default). A Via that does not parse: the source.
+fn reply_target(req: &Req<'_, '_>, pkt: Packet<'_>) -> SocketAddr {
+    match &req.tv {
+        Some(tv) if tv.top.rport.is_none() => {
+            SocketAddr::new(pkt.source.ip(), tv.top.port.unwrap_or(5060))
+        }
+        _ => pkt.source,
+    }
+}

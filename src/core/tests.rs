@@ -1,0 +1,936 @@
+//! Table-driven tests of the core against SPEC sections 1, 4 and 6, with raw SIP byte strings.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
+
+use super::keys::Keys;
+use super::*;
+use crate::config::{Config, IdentifyRule, OnNoSnapshot, OnStale};
+use crate::credit::{parse_ips, Account, RefusalCause};
+use crate::snapshot::Snapshot;
+
+const CG: &str = "127.0.0.1:5060";
+const SWITCH: &str = "127.0.0.2:5080";
+const CALLER: &str = "127.0.0.1:40000";
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.sip.listen = vec![sa(CG)];
+    c.sip.upstream = vec![sa(SWITCH)];
+    c
+}
+
+fn policy_from(c: &Config) -> Policy {
+    let l = Listener {
+        bound: sa(CG),
+        advertised_host: "127.0.0.1".into(),
+        advertised_port: 5060,
+    };
+    Policy::new(c, Keys::new(b"unit-test-secret-unit-test-secret"), vec![l]).unwrap()
+}
+
+fn policy() -> Policy {
+    policy_from(&config())
+}
+
+struct World {
+    snap: Snapshot,
+    t0: Instant,
+}
+
+fn acct(id: &str, bal: &str, lim: &str) -> Account {
+    Account::new(
+        id,
+        Decimal::from_str(bal).unwrap(),
+        Decimal::from_str(lim).unwrap(),
+    )
+}
+
+fn world() -> World {
+    let t0 = Instant::now();
+    let snap = Snapshot::new(t0);
+    let mut pbx = acct("pbx", "10", "0");
+    pbx.ips = parse_ips("192.0.2.0/24").unwrap();
+    let mut off = acct("off", "100", "0");
+    off.enabled = false;
+    snap.apply_full(
+        vec![
+            acct("alice", "25", "0"),
+            acct("bob", "0", "0"),
+            acct("carol", "-42", "100"),
+            acct("dave", "5", "-5"),
+            acct("tiny", "0.0001", "0"),
+            off,
+            pbx,
+        ],
+        t0,
+        0.5,
+        false,
+    )
+    .unwrap();
+    World { snap, t0 }
+}
+
+fn run<'a>(w: &World, p: &Policy, data: &'a [u8], from: &str) -> Outcome<'a> {
+    handle(
+        Packet {
+            data,
+            source: sa(from),
+            local: sa(CG),
+            now: w.t0 + Duration::from_secs(1),
+        },
+        &w.snap,
+        p,
+    )
+}
+
+fn invite(user: &str, call: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "INVITE sip:+4915112345@127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:40000;rport;branch=z9hG4bK-{call}\r\n\
+         Max-Forwards: 70\r\n\
+         From: \"Caller\" <sip:{user}@example.com>;tag=ft-{call}\r\n\
+         To: <sip:+4915112345@example.com>\r\n\
+         Call-ID: {call}@example.com\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:{user}@127.0.0.1:40000>\r\n\
+         {extra}Content-Type: application/sdp\r\n\
+         Content-Length: 4\r\n\r\nv=0\n"
+    )
+    .into_bytes()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn fwd(o: &Outcome<'_>) -> (SocketAddr, String) {
+    match &o.action {
+        Action::Forward { to, bytes, .. } => (*to, text(bytes)),
+        other => panic!("expected forward, got {other:?} / {:?}", o.event),
+    }
+}
+
+fn reply(o: &Outcome<'_>) -> (SocketAddr, String) {
+    match &o.action {
+        Action::Reply { to, bytes, .. } => (*to, text(bytes)),
+        other => panic!("expected reply, got {other:?} / {:?}", o.event),
+    }
+}
+
+fn hdr<'s>(m: &'s str, name: &str) -> Vec<&'s str> {
+    m.split("\r\n")
+        .take_while(|l| !l.is_empty())
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+fn status(m: &str) -> u16 {
+    m.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn param<'s>(v: &'s str, name: &str) -> Option<&'s str> {
+    v.split(';').skip(1).find_map(|kv| {
+        let (k, val) = kv.split_once('=').unwrap_or((kv, ""));
+        (k.trim() == name).then_some(val.trim_end_matches('>'))
+    })
+}
+
+/// Builds the switch's response to a forwarded request: same Vias, Record-Route copied.
+fn switch_response(forwarded: &str, code: u16, to_tag: Option<&str>) -> Vec<u8> {
+    let mut out = format!("SIP/2.0 {code} X\r\n");
+    for line in forwarded
+        .split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+    {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" | "from" | "call-id" | "cseq" | "record-route" => {
+                out.push_str(&format!("{line}\r\n"))
+            }
+            "to" => match to_tag {
+                Some(t) if !line.contains("tag=") => out.push_str(&format!("{line};tag={t}\r\n")),
+                _ => out.push_str(&format!("{line}\r\n")),
+            },
+            _ => {}
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out.into_bytes()
+}
+
+// --- SPEC section 1: the credit model through the whole core --------------------------------
+
+#[test]
+fn credit_model_examples_through_the_core() {
+    let w = world();
+    let p = policy();
+    let cases = [
+        ("alice", None),                                         // pre-pay with money
+        ("bob", Some((402, RefusalCause::InsufficientCredit))),  // pre-pay at exactly 0
+        ("tiny", None),                                          // available 0.0001
+        ("carol", None),                                         // post-pay -42 of 100
+        ("dave", Some((402, RefusalCause::InsufficientCredit))), // buffer: balance 5, limit -5
+        ("off", Some((403, RefusalCause::AccountDisabled))),
+        ("nobody", Some((403, RefusalCause::UnknownAccount))),
+    ];
+    for (user, want) in cases {
+        let m = invite(user, &format!("c-{user}"), "");
+        let o = run(&w, &p, &m, CALLER);
+        match want {
+            None => {
+                let (to, _) = fwd(&o);
+                assert_eq!(to, sa(SWITCH), "{user}");
+                assert!(
+                    matches!(o.event, Event::Admitted { .. }),
+                    "{user}: {:?}",
+                    o.event
+                );
+            }
+            Some((code, cause)) => {
+                let (_, r) = reply(&o);
+                assert_eq!(status(&r), code, "{user}");
+                assert!(
+                    matches!(o.event, Event::Refused { cause: c, .. } if c == cause),
+                    "{user}: {:?}",
+                    o.event
+                );
+            }
+        }
+    }
+}
+
+// --- SPEC section 6: forwarding a new INVITE -------------------------------------------------
+
+#[test]
+fn admitted_invite_is_forwarded_with_our_edits_only() {
+    let w = world();
+    let p = policy();
+    let m = invite("alice", "a1", "X-Unknown: Keep  This  ;odd\r\n");
+    let o = run(&w, &p, &m, CALLER);
+    let (to, f) = fwd(&o);
+    assert_eq!(to, sa(SWITCH));
+    let vias = hdr(&f, "via");
+    assert_eq!(vias.len(), 2);
+    assert!(
+        vias[0].starts_with("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKcg"),
+        "{}",
+        vias[0]
+    );
+    assert_eq!(param(vias[1], "rport"), Some("40000"));
+    assert_eq!(param(vias[1], "received"), Some("127.0.0.1"));
+    assert_eq!(hdr(&f, "max-forwards"), ["69"]);
+    let rr = hdr(&f, "record-route");
+    assert_eq!(rr.len(), 1);
+    assert!(
+        rr[0].starts_with("<sip:127.0.0.1:5060;lr;cgt="),
+        "{}",
+        rr[0]
+    );
+    // Everything else byte for byte, body included.
+    assert!(f.contains("X-Unknown: Keep  This  ;odd\r\n"));
+    assert!(f.ends_with("\r\n\r\nv=0\n"));
+    let orig = text(&m);
+    let stripped: Vec<&str> = f
+        .split("\r\n")
+        .filter(|l| !l.starts_with("Record-Route") && !l.contains("z9hG4bKcg"))
+        .collect();
+    let orig_lines: Vec<&str> = orig.split("\r\n").collect();
+    assert_eq!(stripped.len(), orig_lines.len());
+    for (a, b) in stripped.iter().zip(orig_lines.iter()) {
+        if !b.starts_with("Via") && !b.starts_with("Max-Forwards") {
+            assert_eq!(a, b);
+        }
+    }
+}
+
+#[test]
+fn response_is_relayed_with_our_via_removed() {
+    let w = world();
+    let p = policy();
+    let m = invite("alice", "r1", "");
+    let (_, f) = fwd(&run(&w, &p, &m, CALLER));
+    let resp = switch_response(&f, 200, Some("sw"));
+    let o = run(&w, &p, &resp, SWITCH);
+    let (to, r) = fwd(&o);
+    assert_eq!(to, sa(CALLER), "rport/received route the response back");
+    assert_eq!(o.event, Event::Passed(PassKind::Response));
+    let vias = hdr(&r, "via");
+    assert_eq!(vias.len(), 1);
+    assert!(vias[0].contains("branch=z9hG4bK-r1"));
+    // Without rport: received + sent-by port.
+    let m2 = text(&invite("alice", "r2", ""))
+        .replace(";rport", "")
+        .replace("127.0.0.1:40000;", "10.9.9.9:5070;");
+    let (_, f2) = fwd(&run(&w, &p, m2.as_bytes(), CALLER));
+    let (to2, _) = fwd(&run(&w, &p, &switch_response(&f2, 180, Some("sw")), SWITCH));
+    assert_eq!(to2, sa("127.0.0.1:5070"));
+}
+
+#[test]
+fn response_with_comma_joined_vias() {
+    let w = world();
+    let p = policy();
+    let m = invite("alice", "cj", "");
+    let (_, f) = fwd(&run(&w, &p, &m, CALLER));
+    // The switch joins both Vias on one line.
+    let vias = hdr(&f, "via");
+    let joined = format!("Via: {}, {}\r\n", vias[0], vias[1]);
+    let resp = text(&switch_response(&f, 200, Some("x")));
+    let mut lines: Vec<String> = resp.split("\r\n").map(str::to_string).collect();
+    lines.retain(|l| !l.starts_with("Via"));
+    lines.insert(1, joined.trim_end().to_string());
+    let resp = lines.join("\r\n");
+    let (to, r) = fwd(&run(&w, &p, resp.as_bytes(), SWITCH));
+    assert_eq!(to, sa(CALLER));
+    assert_eq!(hdr(&r, "via"), [vias[1]]);
+}
+
+#[test]
+fn forged_and_stray_responses_are_dropped() {
+    let w = world();
+    let p = policy();
+    let m = invite("alice", "fg", "");
+    let (_, f) = fwd(&run(&w, &p, &m, CALLER));
+    let good = text(&switch_response(&f, 200, Some("t")));
+    let our_branch = param(hdr(&f, "via")[0], "branch").unwrap().to_string();
+    let cases: Vec<(String, DropReason)> = vec![
+        // Top Via is somebody else's.
+        (
+            good.replacen("127.0.0.1:5060;branch", "192.0.2.1:5060;branch", 1),
+            DropReason::NotOurVia,
+        ),
+        // Our address, a branch of our shape but a wrong MAC.
+        (
+            good.replace(
+                &our_branch,
+                &format!("{}0000000000000000{}", &our_branch[..9], &our_branch[25..]),
+            ),
+            DropReason::NotOurVia,
+        ),
+        // Our Via, but the caller's Via below was altered (the MAC covers its branch).
+        (
+            good.replace("z9hG4bK-fg", "z9hG4bK-other"),
+            DropReason::NotOurVia,
+        ),
+        // Only our Via.
+        (
+            good.split("\r\n")
+                .filter(|l| !(l.starts_with("Via") && l.contains("z9hG4bK-fg")))
+                .collect::<Vec<_>>()
+                .join("\r\n"),
+            DropReason::NoNextVia,
+        ),
+        (
+            "SIP/2.0 200 OK\r\nCall-ID: x\r\n\r\n".into(),
+            DropReason::MalformedResponse,
+        ),
+    ];
+    for (msg, want) in cases {
+        let o = run(&w, &p, msg.as_bytes(), SWITCH);
+        assert_eq!(o.event, Event::Dropped(want), "{msg}");
+        assert_eq!(o.action, Action::Drop);
+    }
+    // RFC 4475 bcast: a response routed to a broadcast address is never sent.
+    let bc =
+        text(&invite("alice", "bc", "")).replace("127.0.0.1:40000;rport;", "255.255.255.255:5060;");
+    let (_, f) = fwd(&run(&w, &p, bc.as_bytes(), "255.255.255.255:5060"));
+    let msg = switch_response(&f, 200, None);
+    let o = run(&w, &p, &msg, SWITCH);
+    assert_eq!(o.event, Event::Dropped(DropReason::BadDestination));
+}
+
+#[test]
+fn branch_is_deterministic_for_retransmission_cancel_and_ack() {
+    let w = world();
+    let p = policy();
+    let m = invite("alice", "b1", "");
+    let (_, f1) = fwd(&run(&w, &p, &m, CALLER));
+    let (_, f2) = fwd(&run(&w, &p, &m, CALLER));
+    let b = |f: &str| param(hdr(f, "via")[0], "branch").unwrap().to_string();
+    assert_eq!(b(&f1), b(&f2), "retransmission");
+    let cancel = text(&m)
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .replace("Content-Type: application/sdp\r\n", "")
+        .replace(
+            "Content-Length: 4\r\n\r\nv=0\n",
+            "Content-Length: 0\r\n\r\n",
+        );
+    let o = run(&w, &p, cancel.as_bytes(), CALLER);
+    assert_eq!(o.event, Event::Passed(PassKind::Cancel));
+    let (to, fc) = fwd(&o);
+    assert_eq!(to, sa(SWITCH));
+    assert_eq!(b(&fc), b(&f1), "CANCEL carries the INVITE's branch");
+    let ack = cancel
+        .replace("CANCEL sip", "ACK sip")
+        .replace("CSeq: 1 CANCEL", "CSeq: 1 ACK")
+        .replace(
+            "To: <sip:+4915112345@example.com>",
+            "To: <sip:+4915112345@example.com>;tag=sw487",
+        );
+    let o = run(&w, &p, ack.as_bytes(), CALLER);
+    assert_eq!(o.event, Event::Passed(PassKind::Ack));
+    assert_eq!(
+        b(&fwd(&o).1),
+        b(&f1),
+        "ACK of a non-2xx carries the INVITE's branch"
+    );
+    // Another call gets another branch.
+    let (_, f3) = fwd(&run(&w, &p, &invite("alice", "b2", ""), CALLER));
+    assert_ne!(b(&f3), b(&f1));
+}
+
+#[test]
+fn max_forwards_rules() {
+    let w = world();
+    let p = policy();
+    let base = text(&invite("alice", "mf", ""));
+    let (_, r) = reply(&run(
+        &w,
+        &p,
+        base.replace("Max-Forwards: 70", "Max-Forwards: 0")
+            .as_bytes(),
+        CALLER,
+    ));
+    assert_eq!(status(&r), 483);
+    let (_, r) = reply(&run(
+        &w,
+        &p,
+        base.replace("Max-Forwards: 70", "Max-Forwards : 00")
+            .as_bytes(),
+        CALLER,
+    ));
+    assert_eq!(status(&r), 483);
+    let (_, f) = fwd(&run(
+        &w,
+        &p,
+        base.replace("Max-Forwards: 70", "Max-Forwards: 0068")
+            .as_bytes(),
+        CALLER,
+    ));
+    assert_eq!(hdr(&f, "max-forwards"), ["67"]);
+    let (_, f) = fwd(&run(
+        &w,
+        &p,
+        base.replace("Max-Forwards: 70\r\n", "").as_bytes(),
+        CALLER,
+    ));
+    assert_eq!(hdr(&f, "max-forwards"), ["69"], "missing counts as 70");
+    let (_, r) = reply(&run(
+        &w,
+        &p,
+        base.replace("Max-Forwards: 70", "Max-Forwards: ten")
+            .as_bytes(),
+        CALLER,
+    ));
+    assert_eq!(status(&r), 400);
+    // An ACK with Max-Forwards 0 cannot be answered: dropped.
+    let ack = base
+        .replace("INVITE sip", "ACK sip")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    assert_eq!(
+        run(&w, &p, ack.as_bytes(), CALLER).event,
+        Event::Dropped(DropReason::AckRejected)
+    );
+}
+
+#[test]
+fn loop_is_detected_482() {
+    let w = world();
+    let p = policy();
+    let (_, f) = fwd(&run(&w, &p, &invite("alice", "lp", ""), CALLER));
+    // The switch sends the same request straight back (its own Via on top).
+    let back = f.replacen(
+        "Via: ",
+        "Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKsw1\r\nVia: ",
+        1,
+    );
+    let (_, r) = reply(&run(&w, &p, back.as_bytes(), SWITCH));
+    assert_eq!(status(&r), 482);
+    // A spiral (Request-URI changed) is not a loop.
+    let spiral = back.replace(
+        "INVITE sip:+4915112345@127.0.0.1 SIP/2.0",
+        "INVITE sip:bob@127.0.0.9 SIP/2.0",
+    );
+    let o = run(&w, &p, spiral.as_bytes(), SWITCH);
+    assert_eq!(fwd(&o).0, sa("127.0.0.9:5060"));
+}
+
+#[test]
+fn refusal_is_a_proper_stateless_response_and_its_ack_is_absorbed() {
+    let w = world();
+    let p = policy();
+    let m = invite("bob", "rf", "");
+    let o = run(&w, &p, &m, CALLER);
+    let (to, r) = reply(&o);
+    assert_eq!(to, sa(CALLER));
+    assert!(r.starts_with("SIP/2.0 402 Payment Required\r\n"));
+    assert_eq!(hdr(&r, "via").len(), 1);
+    assert_eq!(param(hdr(&r, "via")[0], "received"), Some("127.0.0.1"));
+    assert_eq!(hdr(&r, "call-id"), ["rf@example.com"]);
+    assert_eq!(hdr(&r, "cseq"), ["1 INVITE"]);
+    assert_eq!(
+        hdr(&r, "reason"),
+        ["SIP;cause=402;text=\"insufficient_credit\""]
+    );
+    let to_h = hdr(&r, "to")[0].to_string();
+    let tag = param(&to_h, "tag").unwrap().to_string();
+    assert!(tag.starts_with("cg"));
+    // Retransmission: identical reply.
+    assert_eq!(reply(&run(&w, &p, &m, CALLER)).1, r);
+    // The ACK (same branch, our To-tag) is absorbed.
+    let ack = text(&m)
+        .replace("INVITE sip", "ACK sip")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace("To: <sip:+4915112345@example.com>", &format!("To: {to_h}"));
+    let o = run(&w, &p, ack.as_bytes(), CALLER);
+    assert_eq!(o.event, Event::Dropped(DropReason::AckAbsorbed));
+    // An ACK with a tag that is not ours is an ordinary ACK and goes upstream.
+    let other = ack.replace(&tag, "cg0000000000000000");
+    assert_eq!(
+        run(&w, &p, other.as_bytes(), CALLER).event,
+        Event::Passed(PassKind::Ack)
+    );
+}
+
+#[test]
+fn reply_codes_and_retry_after_come_from_config() {
+    let w = world();
+    let mut c = config();
+    c.reply.insufficient_credit.code = 403;
+    c.reply.insufficient_credit.reason = "No Credit Left".into();
+    c.reply.insufficient_credit.retry_after = Some(Duration::from_secs(60));
+    let p = policy_from(&c);
+    let (_, r) = reply(&run(&w, &p, &invite("bob", "cf", ""), CALLER));
+    assert!(r.starts_with("SIP/2.0 403 No Credit Left\r\n"), "{r}");
+    assert_eq!(hdr(&r, "retry-after"), ["60"]);
+}
+
+// --- In-dialog, Route token, upstream traffic ------------------------------------------------
+
+/// Runs an admitted call to its 200 and returns (forwarded INVITE, 200 as the caller got it).
+fn established(w: &World, p: &Policy, user: &str, call: &str) -> (String, String) {
+    let (_, f) = fwd(&run(w, p, &invite(user, call, ""), CALLER));
+    let (_, ok) = fwd(&run(
+        w,
+        p,
+        &switch_response(&f, 200, Some("sw-tag")),
+        SWITCH,
+    ));
+    (f, ok)
+}
+
+fn in_dialog(method: &str, call: &str, user: &str, route: &str, cseq: u32) -> Vec<u8> {
+    format!(
+        "{method} sip:switch@127.0.0.2:5080 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:40000;rport;branch=z9hG4bK-{method}-{call}\r\n\
+         Max-Forwards: 70\r\n\
+         {route}\
+         From: <sip:{user}@example.com>;tag=ft-{call}\r\n\
+         To: <sip:+4915112345@example.com>;tag=sw-tag\r\n\
+         Call-ID: {call}@example.com\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn in_dialog_requests_pass_after_the_account_ran_dry() {
+    let w = world();
+    let p = policy();
+    let (_, ok) = established(&w, &p, "alice", "dl");
+    let rr = hdr(&ok, "record-route")[0].to_string();
+    // Alice runs dry.
+    w.snap.upsert(acct("alice", "0", "0"));
+    let route = format!("Route: {rr}\r\n");
+    for (method, cseq) in [("INVITE", 2), ("BYE", 3)] {
+        let m = in_dialog(method, "dl", "alice", &route, cseq);
+        let o = run(&w, &p, &m, CALLER);
+        assert_eq!(o.event, Event::Passed(PassKind::InDialog), "{method}");
+        let (to, f) = fwd(&o);
+        assert_eq!(to, sa(SWITCH));
+        assert!(hdr(&f, "route").is_empty(), "our Route is popped");
+    }
+    // The same re-INVITE without creditgate's Route token is a new call for credit purposes.
+    let forged = in_dialog("INVITE", "dl", "alice", "", 4);
+    let (_, r) = reply(&run(&w, &p, &forged, CALLER));
+    assert_eq!(status(&r), 402);
+    assert_eq!(
+        param(hdr(&r, "to")[0], "tag"),
+        Some("sw-tag"),
+        "an existing To-tag is kept"
+    );
+    // A token of another dialog does not help.
+    let other = in_dialog("INVITE", "dl2", "alice", &route, 2);
+    assert_eq!(status(&reply(&run(&w, &p, &other, CALLER)).1), 402);
+    // A BYE without token is not a check method: forwarded.
+    assert!(matches!(
+        run(&w, &p, &in_dialog("BYE", "dl", "alice", "", 5), CALLER).action,
+        Action::Forward { .. }
+    ));
+}
+
+#[test]
+fn route_pop_keeps_the_rest_of_the_route_set() {
+    let w = world();
+    let p = policy();
+    let (_, ok) = established(&w, &p, "alice", "rs");
+    let rr = hdr(&ok, "record-route")[0].to_string();
+    let route = format!("Route: {rr}, <sip:127.0.0.2:5080;lr>\r\n");
+    let (to, f) = fwd(&run(
+        &w,
+        &p,
+        &in_dialog("BYE", "rs", "alice", &route, 2),
+        CALLER,
+    ));
+    assert_eq!(to, sa(SWITCH));
+    assert_eq!(hdr(&f, "route"), ["<sip:127.0.0.2:5080;lr>"]);
+}
+
+#[test]
+fn requests_from_upstream_are_never_checked_and_follow_route_or_ruri() {
+    let w = world();
+    let p = policy();
+    // The switch calls a customer: INVITE by Request-URI, From user bob (dry) is irrelevant.
+    let m = b"INVITE sip:alice@127.0.0.1:40000 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKsw-up1\r\n\
+From: <sip:bob@example.com>;tag=sw1\r\n\
+To: <sip:alice@example.com>\r\n\
+Call-ID: up1@switch\r\n\
+CSeq: 7 INVITE\r\n\
+Content-Length: 0\r\n\r\n";
+    let o = run(&w, &p, m, "127.0.0.2:6000");
+    assert_eq!(o.event, Event::Passed(PassKind::FromUpstream));
+    let (to, f) = fwd(&o);
+    assert_eq!(to, sa(CALLER));
+    assert_eq!(
+        hdr(&f, "record-route").len(),
+        1,
+        "dialogs from the switch are record-routed too"
+    );
+    // A name-based Request-URI cannot be resolved statelessly: 478.
+    let m2 = text(m).replace("sip:alice@127.0.0.1:40000", "sip:alice@pbx.example.com");
+    assert_eq!(status(&reply(&run(&w, &p, m2.as_bytes(), SWITCH)).1), 478);
+}
+
+#[test]
+fn customer_requests_only_ever_reach_an_upstream() {
+    let w = world();
+    let mut c = config();
+    c.sip.upstream = vec![
+        sa("127.0.0.2:5080"),
+        sa("127.0.0.3:5080"),
+        sa("127.0.0.4:5080"),
+    ];
+    let p = policy_from(&c);
+    // A Route naming a third party is not followed (no open relay).
+    let m = in_dialog(
+        "BYE",
+        "or",
+        "alice",
+        "Route: <sip:203.0.113.9:5060;lr>\r\n",
+        2,
+    );
+    let (to, _) = fwd(&run(&w, &p, &m, CALLER));
+    assert!(c.sip.upstream.contains(&to));
+    // Upstream choice is per Call-ID and stable; calls spread over the upstreams.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..60 {
+        let m = invite("alice", &format!("spread{i}"), "");
+        let a = fwd(&run(&w, &p, &m, CALLER)).0;
+        assert_eq!(a, fwd(&run(&w, &p, &m, CALLER)).0);
+        seen.insert(a);
+    }
+    assert_eq!(seen.len(), 3);
+}
+
+#[test]
+fn options_ping_is_answered_200() {
+    let w = world();
+    let p = policy();
+    let m = b"OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKping\r\nFrom: <sip:lb@example.com>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: ping1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let o = run(&w, &p, m, CALLER);
+    assert_eq!(o.event, Event::Answered(Answer::OptionsPing));
+    assert!(reply(&o).1.starts_with("SIP/2.0 200 OK"));
+    // With a user part it is a request for somebody else: forwarded unchecked.
+    let m2 = text(m).replace(
+        "OPTIONS sip:127.0.0.1:5060",
+        "OPTIONS sip:bob@127.0.0.1:5060",
+    );
+    assert_eq!(
+        run(&w, &p, m2.as_bytes(), CALLER).event,
+        Event::Passed(PassKind::OtherMethod)
+    );
+}
+
+// --- Identification (SPEC section 4) ---------------------------------------------------------
+
+#[test]
+fn identification_rules_in_order() {
+    let w = world();
+    let p = policy();
+    // source_ip first: the PBX's address wins over the From user.
+    let msg = invite("bob", "id1", "");
+    let o = run(&w, &p, &msg, "192.0.2.55:5060");
+    assert!(
+        matches!(&o.event, Event::Admitted { account: Some(a), .. } if a.as_str() == "pbx"),
+        "{:?}",
+        o.event
+    );
+    // header:X-Account-Id next.
+    let msg = invite("nobody", "id2", "X-Account-Id: alice\r\n");
+    let o = run(&w, &p, &msg, CALLER);
+    assert!(matches!(&o.event, Event::Admitted { account: Some(a), .. } if a.as_str() == "alice"));
+    // auth_user.
+    let msg = invite(
+        "nobody",
+        "id3",
+        "Proxy-Authorization: Digest realm=\"x\", username=\"carol\", nonce=\"n\"\r\n",
+    );
+    let o = run(&w, &p, &msg, CALLER);
+    assert!(
+        matches!(&o.event, Event::Admitted { account: Some(a), .. } if a.as_str() == "carol"),
+        "{:?}",
+        o.event
+    );
+    // from_user last; a header naming an unknown account falls through to the next rule.
+    let msg = invite("bob", "id4", "X-Account-Id: ghost\r\n");
+    let o = run(&w, &p, &msg, CALLER);
+    assert!(matches!(
+        &o.event,
+        Event::Refused {
+            cause: RefusalCause::InsufficientCredit,
+            ..
+        }
+    ));
+    // Only from_user configured: the header is ignored.
+    let mut c = config();
+    c.identify.order = vec![IdentifyRule::FromUser];
+    let p2 = policy_from(&c);
+    let msg = invite("bob", "id5", "X-Account-Id: alice\r\n");
+    let o = run(&w, &p2, &msg, CALLER);
+    assert!(matches!(&o.event, Event::Refused { .. }));
+}
+
+// --- Snapshot state ----------------------------------------------------------------------------
+
+#[test]
+fn no_snapshot_stale_and_dry_run() {
+    let p = policy();
+    let empty = World {
+        snap: Snapshot::new(Instant::now()),
+        t0: Instant::now(),
+    };
+    let (_, r) = reply(&run(&empty, &p, &invite("alice", "ns", ""), CALLER));
+    assert_eq!(status(&r), 503);
+    assert_eq!(hdr(&r, "retry-after"), ["30"]);
+    let mut c = config();
+    c.credit.on_no_snapshot = OnNoSnapshot::Admit;
+    assert!(matches!(
+        run(
+            &empty,
+            &policy_from(&c),
+            &invite("alice", "ns2", ""),
+            CALLER
+        )
+        .action,
+        Action::Forward { .. }
+    ));
+
+    let w = world();
+    let late = |p: &Policy, user: &str| {
+        let m = invite(user, &format!("st-{user}"), "");
+        let now = w.t0 + Duration::from_secs(301);
+        let o = handle(
+            Packet {
+                data: &m,
+                source: sa(CALLER),
+                local: sa(CG),
+                now,
+            },
+            &w.snap,
+            p,
+        );
+        matches!(o.action, Action::Forward { .. })
+    };
+    assert!(late(&policy(), "alice"), "on_stale = serve keeps deciding");
+    let mut c = config();
+    c.credit.on_stale = OnStale::Reject;
+    assert!(!late(&policy_from(&c), "alice"));
+    c.credit.on_stale = OnStale::RejectPrepaid;
+    assert!(
+        !late(&policy_from(&c), "alice"),
+        "pre-pay refused when stale"
+    );
+    assert!(
+        late(&policy_from(&c), "carol"),
+        "post-pay served when stale"
+    );
+
+    let mut c = config();
+    c.credit.enforce = false;
+    let msg = invite("bob", "dry", "");
+    let o = run(&w, &policy_from(&c), &msg, CALLER);
+    assert!(matches!(
+        o.event,
+        Event::WouldRefuse {
+            cause: RefusalCause::InsufficientCredit,
+            ..
+        }
+    ));
+    assert!(matches!(o.action, Action::Forward { .. }));
+}
+
+// --- Malformed input ---------------------------------------------------------------------------
+
+#[test]
+fn malformed_requests_get_400_or_are_dropped() {
+    let w = world();
+    let p = policy();
+    let good = text(&invite("alice", "mal", ""));
+    let cases: Vec<(String, Option<u16>)> = vec![
+        (good.replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS"), Some(400)),
+        (good.replace("Call-ID: mal@example.com\r\n", ""), Some(400)),
+        (
+            good.replace(
+                "Call-ID: mal@example.com\r\n",
+                "Call-ID: a\r\nCall-ID: b\r\n",
+            ),
+            Some(400),
+        ),
+        (
+            good.replace("Content-Length: 4", "Content-Length: 400"),
+            Some(400),
+        ),
+        (
+            good.replace(
+                "Content-Length: 4",
+                "Content-Length: 4\r\nContent-Length: 5",
+            ),
+            Some(400),
+        ),
+        (
+            good.replace("From: \"Caller\"", "From: \"Caller"),
+            Some(400),
+        ),
+        (
+            good.replace(
+                "INVITE sip:+4915112345@127.0.0.1 SIP/2.0",
+                "INVITE sip:+4915112345@127.0.0.1 SIP/3.0",
+            ),
+            Some(505),
+        ),
+        (
+            good.replace(
+                "INVITE sip:+4915112345@127.0.0.1",
+                "INVITE nobodyKnowsThisScheme:x",
+            ),
+            Some(416),
+        ),
+        (
+            good.replace(
+                "INVITE sip:+4915112345@127.0.0.1",
+                "INVITE <sip:+4915112345@127.0.0.1>",
+            ),
+            Some(400),
+        ),
+        (
+            good.replace(
+                "Max-Forwards: 70\r\n",
+                "Max-Forwards: 70\r\nProxy-Require: foo\r\n",
+            ),
+            Some(420),
+        ),
+        (
+            good.replace(
+                "Via: SIP/2.0/UDP 127.0.0.1:40000;rport;branch=z9hG4bK-mal",
+                "Via: SIP/2.0/UDP 192.0.2.15;;,;,,",
+            ),
+            Some(400),
+        ),
+        (good.replace("CSeq: 1 INVITE\r\n", ""), None),
+        (good.split("\r\n\r\n").next().unwrap().to_string(), None),
+        ("\u{0}\u{1}garbage".into(), None),
+    ];
+    for (m, want) in cases {
+        let o = run(&w, &p, m.as_bytes(), CALLER);
+        match want {
+            Some(code) => assert_eq!(status(&reply(&o).1), code, "{m}"),
+            None => assert!(matches!(o.event, Event::Dropped(_)), "{m}: {:?}", o.event),
+        }
+    }
+    assert_eq!(
+        run(&w, &p, b"\r\n\r\n", CALLER).event,
+        Event::Dropped(DropReason::KeepAlive)
+    );
+    let (_, r) = reply(&run(
+        &w,
+        &p,
+        good.replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS").as_bytes(),
+        CALLER,
+    ));
+    assert!(r.starts_with("SIP/2.0 400 CSeq method does not match"));
+}
+
+#[test]
+fn compact_forms_folding_and_latin1_are_handled_and_preserved() {
+    let w = world();
+    let p = policy();
+    let m = b"INVITE sip:+4915112345@127.0.0.1 SIP/2.0\r\n\
+v: SIP/2.0/UDP 127.0.0.1:40000\r\n ;branch=z9hG4bK-cmp ;rport\r\n\
+Max-Forwards : 10\r\n\
+f: \"Jos\xe9 M\xfcller\" <sip:alice@example.com>;tag=ft1\r\n\
+t: <sip:+4915112345@example.com>\r\n\
+i: cmp@example.com\r\n\
+CSeq: 1 INVITE\r\n\
+Subject: folded\r\n  subject\r\n\
+l: 0\r\n\r\n";
+    let o = run(&w, &p, m, CALLER);
+    assert!(
+        matches!(&o.event, Event::Admitted { account: Some(a), .. } if a.as_str() == "alice"),
+        "{:?}",
+        o.event
+    );
+    let (_, f) = fwd(&o);
+    assert!(f.contains("v: SIP/2.0/UDP 127.0.0.1:40000\r\n ;branch=z9hG4bK-cmp ;rport=40000;received=127.0.0.1\r\n"), "{f}");
+    assert!(f.contains("Max-Forwards : 9\r\n"));
+    match &o.action {
+        Action::Forward { bytes, .. } => assert!(bytes.windows(8).any(|x| x == b"Jos\xe9 M\xfcl")),
+        _ => unreachable!(),
+    }
+    assert!(f.contains("Subject: folded\r\n  subject\r\n"));
+    assert!(f.contains("i: cmp@example.com\r\n"));
+}
+
+#[test]
+fn extra_octets_after_the_body_are_not_forwarded() {
+    let w = world();
+    let p = policy();
+    let mut m = invite("alice", "dbl", "");
+    m.extend_from_slice(b"INVITE sip:joe@example.com SIP/2.0\r\n\r\n");
+    let (_, f) = fwd(&run(&w, &p, &m, CALLER));
+    assert!(f.ends_with("\r\n\r\nv=0\n"));
+}

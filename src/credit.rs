@@ -1,0 +1,449 @@
+//! The credit model (SPEC section 1): accounts, available credit and the admission decision.
+//!
+//! Money is `rust_decimal::Decimal`, parsed from decimal strings, never through floats.
+//! `available = balance + debit_limit`, and a new call is admitted only while `available > 0`.
+//! This module is pure data and arithmetic: no I/O, no clock.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use rust_decimal::Decimal;
+
+/// One customer account as the snapshot holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    /// The account id (Redis key suffix, identification result).
+    pub id: Arc<str>,
+    /// Money the account holds now; negative for post-pay accounts in debt.
+    pub balance: Decimal,
+    /// Credit granted below zero (post-pay), 0 (pre-pay) or negative (pre-pay with buffer).
+    pub debit_limit: Decimal,
+    /// A disabled account is refused with `account_disabled` whatever its balance.
+    pub enabled: bool,
+    /// Addresses and prefixes the account sends from (`source_ip` identification).
+    pub ips: Vec<IpNet>,
+    /// Request-URI user prefix that picks this account among several sharing an address.
+    pub tech_prefix: Option<Box<str>>,
+    /// Informational only.
+    pub currency: Option<Box<str>>,
+    /// SPEC section 7 (live limits); carried, validated, not enforced by the core yet.
+    pub max_channels: Option<u32>,
+    pub max_cps: Option<u32>,
+    pub rate_per_min: Option<Decimal>,
+    pub daily_spend_limit: Option<Decimal>,
+    pub spent_today: Option<Decimal>,
+}
+
+impl Account {
+    /// A minimal enabled account, for tests and tooling.
+    pub fn new(id: &str, balance: Decimal, debit_limit: Decimal) -> Self {
+        Account {
+            id: Arc::from(id),
+            balance,
+            debit_limit,
+            enabled: true,
+            ips: Vec::new(),
+            tech_prefix: None,
+            currency: None,
+            max_channels: None,
+            max_cps: None,
+            rate_per_min: None,
+            daily_spend_limit: None,
+            spent_today: None,
+        }
+    }
+
+    /// `balance + debit_limit`: what the account may still spend.
+    pub fn available(&self) -> Decimal {
+        self.balance + self.debit_limit
+    }
+
+    /// The decision for a new call of this account, from the snapshot alone.
+    pub fn decide(&self) -> CreditDecision {
+        credit_decision(self.enabled, self.balance, self.debit_limit)
+    }
+
+    /// Builds an account from string fields as Redis (HGETALL) or the accounts file give them.
+    /// Unknown field names are ignored (a billing system may store more); a bad value is an error
+    /// naming the field.
+    pub fn from_fields<'a, I>(id: &str, fields: I) -> Result<Account, BadField>
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        if !valid_account_id(id) {
+            return Err(BadField::new(
+                "id",
+                "must be 1-128 printable characters without spaces",
+            ));
+        }
+        let mut acct = Account::new(id, Decimal::ZERO, Decimal::ZERO);
+        let mut have_balance = false;
+        for (name, value) in fields {
+            let value = value.trim();
+            match name {
+                "balance" => {
+                    acct.balance = parse_money(value).map_err(|r| BadField::new("balance", r))?;
+                    have_balance = true;
+                }
+                "debit_limit" => {
+                    acct.debit_limit = if value.is_empty() {
+                        Decimal::ZERO
+                    } else {
+                        parse_money(value).map_err(|r| BadField::new("debit_limit", r))?
+                    }
+                }
+                "enabled" => {
+                    acct.enabled = match value {
+                        "1" | "true" | "yes" | "" => true,
+                        "0" | "false" | "no" => false,
+                        _ => return Err(BadField::new("enabled", "must be 1 or 0")),
+                    }
+                }
+                "ips" => {
+                    acct.ips = parse_ips(value).map_err(|r| BadField::new("ips", r))?;
+                }
+                "tech_prefix" => {
+                    if value.is_empty() {
+                        acct.tech_prefix = None;
+                    } else if value.len() > 32 || value.bytes().any(|b| !b.is_ascii_graphic()) {
+                        return Err(BadField::new(
+                            "tech_prefix",
+                            "must be 1-32 printable characters",
+                        ));
+                    } else {
+                        acct.tech_prefix = Some(value.into());
+                    }
+                }
+                "currency" => {
+                    acct.currency = (!value.is_empty()).then(|| value.into());
+                }
+                "max_channels" => {
+                    acct.max_channels =
+                        parse_opt_u32(value).map_err(|r| BadField::new("max_channels", r))?
+                }
+                "max_cps" => {
+                    acct.max_cps = parse_opt_u32(value).map_err(|r| BadField::new("max_cps", r))?
+                }
+                "rate_per_min" => {
+                    acct.rate_per_min =
+                        parse_opt_money(value).map_err(|r| BadField::new("rate_per_min", r))?
+                }
+                "daily_spend_limit" => {
+                    acct.daily_spend_limit =
+                        parse_opt_money(value).map_err(|r| BadField::new("daily_spend_limit", r))?
+                }
+                "spent_today" => {
+                    acct.spent_today =
+                        parse_opt_money(value).map_err(|r| BadField::new("spent_today", r))?
+                }
+                _ => {}
+            }
+        }
+        if !have_balance {
+            return Err(BadField::new("balance", "missing"));
+        }
+        Ok(acct)
+    }
+}
+
+/// The field of an account record that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {reason}")]
+pub struct BadField {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl BadField {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        BadField {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An account id: printable, no whitespace, no separators that would break a log line or a key.
+pub fn valid_account_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Largest magnitude accepted for a money amount: far beyond any real balance, far below
+/// `Decimal`'s range, so `balance + debit_limit` can never overflow.
+const MONEY_LIMIT: i64 = 1_000_000_000_000_000;
+
+/// Parses a money amount exactly: an optional sign, digits, an optional fraction; nothing else
+/// (no exponent, no thousands separators, no floats).
+pub fn parse_money(s: &str) -> Result<Decimal, String> {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let ok = !digits.is_empty()
+        && !digits.starts_with('.')
+        && !digits.ends_with('.')
+        && digits.bytes().filter(|b| *b == b'.').count() <= 1
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if !ok {
+        return Err(format!("{s:?} is not a decimal amount"));
+    }
+    let d =
+        Decimal::from_str_exact(s).map_err(|e| format!("{s:?} is not a decimal amount: {e}"))?;
+    if d.abs() >= Decimal::from(MONEY_LIMIT) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(d)
+}
+
+fn parse_opt_money(s: &str) -> Result<Option<Decimal>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse_money(s).map(Some)
+    }
+}
+
+fn parse_opt_u32(s: &str) -> Result<Option<u32>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        s.parse::<u32>()
+            .map(Some)
+            .map_err(|_| format!("{s:?} is not a whole number"))
+    }
+}
+
+/// Comma-separated IPs and CIDRs; a bare IP is a host prefix.
+pub fn parse_ips(s: &str) -> Result<Vec<IpNet>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        out.push(parse_ip_or_net(part)?);
+    }
+    Ok(out)
+}
+
+/// One IP or CIDR; the network is normalised (host bits cleared).
+pub fn parse_ip_or_net(part: &str) -> Result<IpNet, String> {
+    if let Ok(net) = part.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    part.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{part:?} is not an IP address or CIDR"))
+}
+
+/// What the snapshot says about a new call of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditDecision {
+    Admit,
+    Refuse(RefusalCause),
+}
+
+/// The pure rule of SPEC section 1: disabled accounts are refused; otherwise admit only while
+/// `balance + debit_limit > 0` (exactly 0 is refused).
+pub fn credit_decision(enabled: bool, balance: Decimal, debit_limit: Decimal) -> CreditDecision {
+    if !enabled {
+        CreditDecision::Refuse(RefusalCause::AccountDisabled)
+    } else if balance + debit_limit > Decimal::ZERO {
+        CreditDecision::Admit
+    } else {
+        CreditDecision::Refuse(RefusalCause::InsufficientCredit)
+    }
+}
+
+/// Why a new call was refused; each has a `[reply]` entry. Small and `Copy`, usable as a metric
+/// label without allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalCause {
+    InsufficientCredit,
+    UnknownAccount,
+    AccountDisabled,
+    NoSnapshot,
+    ChannelLimit,
+    CpsLimit,
+    SpendLimit,
+}
+
+impl RefusalCause {
+    pub const ALL: [RefusalCause; 7] = [
+        RefusalCause::InsufficientCredit,
+        RefusalCause::UnknownAccount,
+        RefusalCause::AccountDisabled,
+        RefusalCause::NoSnapshot,
+        RefusalCause::ChannelLimit,
+        RefusalCause::CpsLimit,
+        RefusalCause::SpendLimit,
+    ];
+
+    /// The `[reply]` key and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCause::InsufficientCredit => "insufficient_credit",
+            RefusalCause::UnknownAccount => "unknown_account",
+            RefusalCause::AccountDisabled => "account_disabled",
+            RefusalCause::NoSnapshot => "no_snapshot",
+            RefusalCause::ChannelLimit => "channel_limit",
+            RefusalCause::CpsLimit => "cps_limit",
+            RefusalCause::SpendLimit => "spend_limit",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn credit_model_table() {
+        use CreditDecision::*;
+        use RefusalCause::*;
+        // (case, enabled, balance, debit_limit, expected)
+        let cases = [
+            ("pre-pay with money", true, "10.00", "0", Admit),
+            (
+                "pre-pay at exactly zero is refused",
+                true,
+                "0",
+                "0",
+                Refuse(InsufficientCredit),
+            ),
+            (
+                "pre-pay smallest positive is admitted",
+                true,
+                "0.0001",
+                "0",
+                Admit,
+            ),
+            (
+                "pre-pay negative",
+                true,
+                "-0.01",
+                "0",
+                Refuse(InsufficientCredit),
+            ),
+            (
+                "post-pay in debt within the limit",
+                true,
+                "-99.99",
+                "100",
+                Admit,
+            ),
+            (
+                "post-pay exactly at -100 is refused",
+                true,
+                "-100",
+                "100",
+                Refuse(InsufficientCredit),
+            ),
+            (
+                "post-pay beyond the limit",
+                true,
+                "-100.5",
+                "100",
+                Refuse(InsufficientCredit),
+            ),
+            ("buffer: above +5 admitted", true, "5.0001", "-5", Admit),
+            (
+                "buffer: exactly +5 refused",
+                true,
+                "5",
+                "-5",
+                Refuse(InsufficientCredit),
+            ),
+            (
+                "buffer: below +5 refused",
+                true,
+                "4.99",
+                "-5",
+                Refuse(InsufficientCredit),
+            ),
+            (
+                "disabled with plenty",
+                false,
+                "1000",
+                "0",
+                Refuse(AccountDisabled),
+            ),
+            (
+                "available exactly 0 via mixed scales",
+                true,
+                "-0.5000",
+                "0.5",
+                Refuse(InsufficientCredit),
+            ),
+            (
+                "available 0.0001 via debit limit",
+                true,
+                "-4.9999",
+                "5",
+                Admit,
+            ),
+        ];
+        for (name, enabled, bal, lim, want) in cases {
+            assert_eq!(credit_decision(enabled, d(bal), d(lim)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn money_parsing_is_exact_and_strict() {
+        assert_eq!(parse_money("12.5000").unwrap(), d("12.5"));
+        assert_eq!(parse_money("-5").unwrap(), d("-5"));
+        assert_eq!(parse_money("0.0001").unwrap(), d("0.0001"));
+        for bad in [
+            "",
+            "1e3",
+            "abc",
+            "1,000",
+            "NaN",
+            "1.",
+            ".5",
+            "1.2.3",
+            "--1",
+            " 1",
+            "1000000000000000000",
+        ] {
+            assert!(parse_money(bad).is_err(), "{bad:?} accepted");
+        }
+        // 0.1 + 0.2 is exactly 0.3 here, unlike floats.
+        assert_eq!(
+            parse_money("0.1").unwrap() + parse_money("0.2").unwrap(),
+            d("0.3")
+        );
+    }
+
+    #[test]
+    fn from_fields_reports_the_bad_field() {
+        let ok = Account::from_fields(
+            "acme",
+            [
+                ("balance", "12.50"),
+                ("debit_limit", "-5"),
+                ("enabled", "1"),
+                ("ips", "10.0.0.0/8, 192.0.2.7"),
+                ("tech_prefix", "4711#"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(ok.available(), d("7.50"));
+        assert_eq!(ok.ips.len(), 2);
+        assert_eq!(ok.tech_prefix.as_deref(), Some("4711#"));
+        let e = Account::from_fields("acme", [("balance", "ten")]).unwrap_err();
+        assert_eq!(e.field, "balance");
+        let e =
+            Account::from_fields("acme", [("balance", "1"), ("ips", "10.0.0.300")]).unwrap_err();
+        assert_eq!(e.field, "ips");
+        let e = Account::from_fields("acme", [("debit_limit", "1")]).unwrap_err();
+        assert_eq!(e.field, "balance");
+        let e = Account::from_fields("bad id", [("balance", "1")]).unwrap_err();
+        assert_eq!(e.field, "id");
+        let e = Account::from_fields("acme", [("balance", "1"), ("enabled", "maybe")]).unwrap_err();
+        assert_eq!(e.field, "enabled");
+    }
+}

@@ -1,0 +1,83 @@
+//! The `creditgate` binary: command line, configuration loading, runtime start. Everything else
+//! lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use creditgate::config::Config;
+
+/// Exit code for an invalid configuration (distinct from runtime failures).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "creditgate",
+    version,
+    about = "SIP admission filter: refuses new calls of accounts without credit"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (for the default `run`).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration, print the effective configuration, exit non-zero on errors.
+    CheckConfig,
+}
+
+const DEFAULT_CONFIG: &str = "/etc/creditgate/creditgate.toml";
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("creditgate: invalid configuration {}:\n{e}", path.display());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => match load(&path) {
+            Ok(cfg) => {
+                println!("# {}: valid\n{}", path.display(), cfg.effective_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run => {
+            let cfg = match load(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            creditgate::daemon::logging::init(&cfg.log);
+            let workers = creditgate::daemon::net::worker_count(cfg.sip.workers);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("creditgate: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(creditgate::daemon::run(cfg, path)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("creditgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
