@@ -4,6 +4,8 @@
 //! snapshot ([`snapshot`]), the credit sources ([`source`]) and the configuration ([`config`]);
 //! the [`daemon`] module is the thin tokio shell around them.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod core;
 pub mod credit;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs creditgate's whole test suite: formatting, lints, unit tests, the integration tests against
+# the real binary (real UDP, real SIPp, real redis-server) and the RFC 4475 / PROTOS suites.
+# Installs what is missing first (SIPp as Debian's sip-tester, redis-server), so it works on a
+# fresh Debian/Ubuntu machine as root (or with sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing: ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo build"
+cargo build --all-targets
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast
+else
+  cargo test --no-fail-fast
+fi
