@@ -982,8 +982,7 @@ fn build_reply(
             (Some(tv), true) => {
                 let mut e = Edits::new();
                 top_via_edits(&mut e, buf, &tv.top, pkt.source);
-                let edited = e.apply(buf, h.line.end);
-                out.extend_from_slice(edited.get(h.line.start..).unwrap_or_default());
+                e.apply_range_into(buf, h.line.clone(), &mut out);
             }
             _ => out.extend_from_slice(&buf[h.line.clone()]),
         }
@@ -1008,8 +1007,7 @@ fn build_reply(
             );
             let mut e = Edits::new();
             e.insert(to.span.end, bytes(&[b";tag=", &tag]));
-            let edited = e.apply(buf, line.end);
-            out.extend_from_slice(edited.get(line.start..).unwrap_or_default());
+            e.apply_range_into(buf, line.clone(), &mut out);
         } else {
             out.extend_from_slice(&buf[line.clone()]);
         }

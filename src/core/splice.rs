@@ -50,6 +50,22 @@ impl Edits {
         self.replace(span, Ins::Static(b""));
     }
 
+    /// Applies the edits that fall inside `range` to `buf[range]`, appending to `out`.
+    pub fn apply_range_into(mut self, buf: &[u8], range: Range<usize>, out: &mut Vec<u8>) {
+        self.list.sort_by_key(|a| (a.0.start, a.1));
+        let end = range.end.min(buf.len());
+        let mut at = range.start.min(end);
+        for (span, _, ins) in &self.list {
+            if span.start < at || span.end > end || span.start > span.end {
+                continue;
+            }
+            out.extend_from_slice(&buf[at..span.start]);
+            out.extend_from_slice(ins.as_slice());
+            at = span.end;
+        }
+        out.extend_from_slice(&buf[at..end]);
+    }
+
     /// Applies the edits to `buf[..end]`. Overlapping edits (a bug) are skipped rather than
     /// producing garbage: an edit starting inside an earlier one is ignored.
     pub fn apply(mut self, buf: &[u8], end: usize) -> Vec<u8> {
