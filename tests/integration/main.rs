@@ -1,0 +1,14 @@
+//! Integration tests: the real `creditgate` binary (`env!("CARGO_BIN_EXE_creditgate")`) on a temp
+//! config, driven over UDP on loopback by a fake caller (127.0.0.1) and a fake switch
+//! (127.0.0.2). One test binary for every integration suite (STYLE rule 12):
+//!
+//! * [`harness`] — spawning the daemon, ports, configs, UDP endpoints, SIP read/build helpers;
+//! * [`proxy`] — SIP behaviour of SPEC section 6 end to end, and the config CLI (section 3).
+//!
+//! Run with `cargo test --test integration`. Each test starts its own daemon on its own
+//! ports, so tests run in parallel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+mod proxy;
