@@ -71,11 +71,23 @@ fn setup() -> (Snapshot, Policy, Instant) {
     let mut cfg = Config::default();
     cfg.sip.listen = vec!["127.0.0.1:5060".parse().unwrap()];
     cfg.sip.upstream = vec!["127.0.0.2:5080".parse().unwrap()];
-    let l = Listener { bound: "127.0.0.1:5060".parse().unwrap(), advertised_host: "127.0.0.1".into(), advertised_port: 5060 };
-    let policy = Policy::new(&cfg, Keys::new(b"bench-secret-bench-secret-bench!"), vec![l]).unwrap();
+    let l = Listener {
+        bound: "127.0.0.1:5060".parse().unwrap(),
+        advertised_host: "127.0.0.1".into(),
+        advertised_port: 5060,
+    };
+    let policy = Policy::new(
+        &cfg,
+        Keys::new(b"bench-secret-bench-secret-bench!"),
+        vec![l],
+    )
+    .unwrap();
     let t0 = Instant::now();
     let snap = Snapshot::new(t0);
-    let accts = (0..10_000).map(|i| Account::new(&format!("acct{i}"), 10.into(), 0.into())).chain([Account::new("alice", 25.into(), 0.into())]).collect();
+    let accts = (0..10_000)
+        .map(|i| Account::new(&format!("acct{i}"), 10.into(), 0.into()))
+        .chain([Account::new("alice", 25.into(), 0.into())])
+        .collect();
     snap.apply_full(accts, t0, 0.5, false).unwrap();
     (snap, policy, t0)
 }
@@ -95,9 +107,21 @@ fn bench(c: &mut Criterion) {
     let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
     let text = String::from_utf8(msg.clone()).unwrap();
-    assert!(rsip::SipMessage::try_from(text.as_str()).is_ok(), "rsip must parse the sample");
+    assert!(
+        rsip::SipMessage::try_from(text.as_str()).is_ok(),
+        "rsip must parse the sample"
+    );
     let run = || {
-        let o = handle(Packet { data: &msg, source: src, local, now: t0 }, &snap, &policy);
+        let o = handle(
+            Packet {
+                data: &msg,
+                source: src,
+                local,
+                now: t0,
+            },
+            &snap,
+            &policy,
+        );
         assert!(matches!(o.action, creditgate::core::Action::Forward { .. }));
         black_box(o);
     };
@@ -113,9 +137,13 @@ fn bench(c: &mut Criterion) {
         }),
     );
     let mut g = c.benchmark_group("invite_1300B");
-    g.bench_function("creditgate_scan", |b| b.iter(|| black_box(scan::scan(black_box(&msg)).unwrap())));
+    g.bench_function("creditgate_scan", |b| {
+        b.iter(|| black_box(scan::scan(black_box(&msg)).unwrap()))
+    });
     g.bench_function("creditgate_handle_admit_forward", |b| b.iter(run));
-    g.bench_function("rsip_parse", |b| b.iter(|| black_box(rsip::SipMessage::try_from(black_box(text.as_str())).unwrap())));
+    g.bench_function("rsip_parse", |b| {
+        b.iter(|| black_box(rsip::SipMessage::try_from(black_box(text.as_str())).unwrap()))
+    });
     g.finish();
 }
 

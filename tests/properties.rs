@@ -22,18 +22,34 @@ fn setup() -> (Snapshot, Policy, Instant) {
     let mut cfg = Config::default();
     cfg.sip.listen = vec!["127.0.0.1:5060".parse().unwrap()];
     cfg.sip.upstream = vec!["127.0.0.2:5080".parse().unwrap()];
-    let l = Listener { bound: "127.0.0.1:5060".parse().unwrap(), advertised_host: "127.0.0.1".into(), advertised_port: 5060 };
+    let l = Listener {
+        bound: "127.0.0.1:5060".parse().unwrap(),
+        advertised_host: "127.0.0.1".into(),
+        advertised_port: 5060,
+    };
     let policy = Policy::new(&cfg, Keys::new(b"property-test-secret-0123456789"), vec![l]).unwrap();
     let t0 = Instant::now();
     let snap = Snapshot::new(t0);
-    snap.apply_full(vec![Account::new("alice", 10.into(), 0.into())], t0, 0.5, false).unwrap();
+    snap.apply_full(
+        vec![Account::new("alice", 10.into(), 0.into())],
+        t0,
+        0.5,
+        false,
+    )
+    .unwrap();
     (snap, policy, t0)
 }
 
 fn name_case(name: &str, flip: u32) -> String {
     name.chars()
         .enumerate()
-        .map(|(i, c)| if flip & (1 << (i % 32)) != 0 { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+        .map(|(i, c)| {
+            if flip & (1 << (i % 32)) != 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect()
 }
 
@@ -48,8 +64,24 @@ fn extra_header() -> impl Strategy<Value = Vec<u8>> {
     )
         .prop_filter("not a header the proxy interprets", |(n, _, _, _)| {
             let l = n.to_ascii_lowercase();
-            !["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq", "max-forwards", "route", "record-route", "content-length", "l", "proxy-require"]
-                .contains(&l.as_str())
+            ![
+                "via",
+                "v",
+                "from",
+                "f",
+                "to",
+                "t",
+                "call-id",
+                "i",
+                "cseq",
+                "max-forwards",
+                "route",
+                "record-route",
+                "content-length",
+                "l",
+                "proxy-require",
+            ]
+            .contains(&l.as_str())
         })
         .prop_map(|(name, mut value, fold, ws)| {
             while value.first() == Some(&b' ') {
@@ -71,18 +103,38 @@ fn extra_header() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn invite(compact: bool, flip: u32, extras: &[Vec<u8>], body: &[u8], mf: u8) -> Vec<u8> {
-    let h = |long: &str, short: &str| if compact { short.to_string() } else { name_case(long, flip) };
+    let h = |long: &str, short: &str| {
+        if compact {
+            short.to_string()
+        } else {
+            name_case(long, flip)
+        }
+    };
     let mut m = b"INVITE sip:+4930123@127.0.0.1 SIP/2.0\r\n".to_vec();
-    m.extend_from_slice(format!("{}: SIP/2.0/UDP 127.0.0.1:40000;rport;branch=z9hG4bK-prop\r\n", h("Via", "v")).as_bytes());
+    m.extend_from_slice(
+        format!(
+            "{}: SIP/2.0/UDP 127.0.0.1:40000;rport;branch=z9hG4bK-prop\r\n",
+            h("Via", "v")
+        )
+        .as_bytes(),
+    );
     m.extend_from_slice(format!("{}: {mf}\r\n", name_case("Max-Forwards", flip)).as_bytes());
     for (i, e) in extras.iter().enumerate() {
         m.extend_from_slice(e);
         if i == 0 {
-            m.extend_from_slice(format!("{}: \"A\" <sip:alice@example.com>;tag=ft1\r\n", h("From", "f")).as_bytes());
+            m.extend_from_slice(
+                format!(
+                    "{}: \"A\" <sip:alice@example.com>;tag=ft1\r\n",
+                    h("From", "f")
+                )
+                .as_bytes(),
+            );
         }
     }
     if extras.is_empty() {
-        m.extend_from_slice(format!("{}: <sip:alice@example.com>;tag=ft1\r\n", h("From", "f")).as_bytes());
+        m.extend_from_slice(
+            format!("{}: <sip:alice@example.com>;tag=ft1\r\n", h("From", "f")).as_bytes(),
+        );
     }
     m.extend_from_slice(format!("{}: <sip:+4930123@example.com>\r\n", h("To", "t")).as_bytes());
     m.extend_from_slice(format!("{}: prop-{flip}@example.com\r\n", h("Call-ID", "i")).as_bytes());
@@ -95,7 +147,10 @@ fn invite(compact: bool, flip: u32, extras: &[Vec<u8>], body: &[u8], mf: u8) -> 
 fn remove_lines_starting(buf: &[u8], prefix: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = buf;
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
     let (head, body) = buf.split_at(head_end);
     rest = if rest.is_empty() { rest } else { head };
     for line in rest.split_inclusive(|b| *b == b'\n') {

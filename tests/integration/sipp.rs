@@ -11,16 +11,26 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 
 fn sipp_available() -> bool {
-    let ok = Command::new("sipp").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let ok = Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "sipp is missing under CI: scripts/test.sh installs it (apt-get install sip-tester)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "sipp is missing under CI: scripts/test.sh installs it (apt-get install sip-tester)"
+        );
         eprintln!("skipped: sipp not installed (apt-get install sip-tester)");
     }
     ok
 }
 
 fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp-scenarios").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sipp-scenarios")
+        .join(name)
 }
 
 /// A SIPp process with its screen written to a file, killed at a deadline.
@@ -45,7 +55,11 @@ impl Sipp {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn sipp");
-        Sipp { child, screen, name }
+        Sipp {
+            child,
+            screen,
+            name,
+        }
     }
 
     /// Waits for SIPp to exit (at most `limit`, then kills it); returns (exit code, screen).
@@ -60,7 +74,10 @@ impl Sipp {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 let screen = std::fs::read_to_string(&self.screen).unwrap_or_default();
-                panic!("sipp {} did not finish within {limit:?}\n{screen}", self.name);
+                panic!(
+                    "sipp {} did not finish within {limit:?}\n{screen}",
+                    self.name
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -91,7 +108,14 @@ fn sipp_500_allowed_calls_at_100_cps_complete_through_creditgate() {
     }
     let port = free_udp_port(DAEMON_IP);
     let switch_port = free_udp_port(SWITCH_IP);
-    let daemon = Daemon::start(&test_config(port, format!("{SWITCH_IP}:{switch_port}").parse().unwrap(), "60s"), ACCOUNTS);
+    let daemon = Daemon::start(
+        &test_config(
+            port,
+            format!("{SWITCH_IP}:{switch_port}").parse().unwrap(),
+            "60s",
+        ),
+        ACCOUNTS,
+    );
     let dir = daemon.dir().to_path_buf();
     let uas = Sipp::spawn(
         "uas",
@@ -133,7 +157,12 @@ fn sipp_500_allowed_calls_at_100_cps_complete_through_creditgate() {
         ],
     );
     let (code, screen) = uac.wait(Duration::from_secs(120));
-    assert_eq!(final_count(&screen, "Successful call"), 500, "{screen}\n{}", daemon.log());
+    assert_eq!(
+        final_count(&screen, "Successful call"),
+        500,
+        "{screen}\n{}",
+        daemon.log()
+    );
     assert_eq!(final_count(&screen, "Failed call"), 0, "{screen}");
     assert_eq!(code, Some(0), "{screen}");
     let (ucode, uscreen) = uas.wait(Duration::from_secs(30));
@@ -176,9 +205,18 @@ fn sipp_200_refused_calls_each_get_402_and_never_reach_the_switch() {
         ],
     );
     let (code, screen) = uac.wait(Duration::from_secs(90));
-    assert_eq!(final_count(&screen, "Successful call"), 200, "{screen}\n{}", daemon.log());
+    assert_eq!(
+        final_count(&screen, "Successful call"),
+        200,
+        "{screen}\n{}",
+        daemon.log()
+    );
     assert_eq!(final_count(&screen, "Failed call"), 0, "{screen}");
     assert_eq!(code, Some(0), "{screen}");
     switch.expect_nothing(QUIET);
-    assert_eq!(daemon.log().matches("refused").count(), 200, "one refusal log line per call");
+    assert_eq!(
+        daemon.log().matches("refused").count(),
+        200,
+        "one refusal log line per call"
+    );
 }
