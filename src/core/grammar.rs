@@ -86,6 +86,38 @@ impl<'a> Cur<'a> {
         let r = self.take_while(is_token_char);
         (!r.is_empty()).then_some(r)
     }
+    /// `*LWS ";" *LWS token [ *LWS "=" *LWS (token / host / quoted-string) ]` at the cursor:
+    /// `Some(None)` when no parameter follows (cursor unchanged), `None` when one is malformed.
+    #[allow(clippy::type_complexity)]
+    fn generic_param(&mut self) -> Option<Option<(Range<usize>, Option<Range<usize>>)>> {
+        let save = self.pos;
+        self.lws();
+        if !self.eat(b';') {
+            self.pos = save;
+            return Some(None);
+        }
+        self.lws();
+        let name = self.token()?;
+        let after_name = self.pos;
+        self.lws();
+        let value = if self.eat(b'=') {
+            self.lws();
+            let r = if self.peek() == Some(b'"') {
+                self.quoted()?
+            } else {
+                self.take_while(is_param_value_char)
+            };
+            if r.is_empty() {
+                return None;
+            }
+            Some(r)
+        } else {
+            self.pos = after_name;
+            None
+        };
+        Some(Some((name, value)))
+    }
+
     /// A quoted string including its quotes; `None` if unterminated.
     fn quoted(&mut self) -> Option<Range<usize>> {
         let s = self.pos;
@@ -257,32 +289,7 @@ fn via_parm(c: &mut Cur<'_>) -> Option<Via> {
         received: None,
         rport: None,
     };
-    loop {
-        let save = c.pos;
-        c.lws();
-        if !c.eat(b';') {
-            c.pos = save;
-            break;
-        }
-        c.lws();
-        let name = c.token()?;
-        let after_name = c.pos;
-        c.lws();
-        let value = if c.eat(b'=') {
-            c.lws();
-            let r = if c.peek() == Some(b'"') {
-                c.quoted()?
-            } else {
-                c.take_while(is_param_value_char)
-            };
-            if r.is_empty() {
-                return None;
-            }
-            Some(r)
-        } else {
-            c.pos = after_name;
-            None
-        };
+    while let Some((name, value)) = c.generic_param()? {
         let pspan = name.start..c.pos;
         let n = &c.buf[name];
         if n.eq_ignore_ascii_case(b"branch") {
@@ -393,32 +400,7 @@ fn name_addr(c: &mut Cur<'_>) -> Option<NameAddr> {
         uri,
         tag: None,
     };
-    loop {
-        let save = c.pos;
-        c.lws();
-        if !c.eat(b';') {
-            c.pos = save;
-            break;
-        }
-        c.lws();
-        let name = c.token()?;
-        let after = c.pos;
-        c.lws();
-        let value = if c.eat(b'=') {
-            c.lws();
-            let r = if c.peek() == Some(b'"') {
-                c.quoted()?
-            } else {
-                c.take_while(is_param_value_char)
-            };
-            if r.is_empty() {
-                return None;
-            }
-            Some(r)
-        } else {
-            c.pos = after;
-            None
-        };
+    while let Some((name, value)) = c.generic_param()? {
         if c.buf[name].eq_ignore_ascii_case(b"tag") {
             na.tag = Some(value?);
         }

@@ -68,21 +68,10 @@ impl Edits {
 
     /// Applies the edits to `buf[..end]`. Overlapping edits (a bug) are skipped rather than
     /// producing garbage: an edit starting inside an earlier one is ignored.
-    pub fn apply(mut self, buf: &[u8], end: usize) -> Vec<u8> {
-        self.list.sort_by_key(|a| (a.0.start, a.1));
+    pub fn apply(self, buf: &[u8], end: usize) -> Vec<u8> {
         let extra: usize = self.list.iter().map(|e| e.2.as_slice().len()).sum();
-        let end = end.min(buf.len());
-        let mut out = Vec::with_capacity(end + extra);
-        let mut at = 0;
-        for (span, _, ins) in &self.list {
-            if span.start < at || span.end > end || span.start > span.end {
-                continue;
-            }
-            out.extend_from_slice(&buf[at..span.start]);
-            out.extend_from_slice(ins.as_slice());
-            at = span.end;
-        }
-        out.extend_from_slice(&buf[at..end]);
+        let mut out = Vec::with_capacity(end.min(buf.len()) + extra);
+        self.apply_range_into(buf, 0..end, &mut out);
         out
     }
 }
