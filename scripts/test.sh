@@ -11,6 +11,7 @@ command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing: ${need_apt[*]}"
   SUDO=""
@@ -31,3 +32,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --no-fail-fast
 fi
+echo "== systemd-analyze verify systemd/creditgate.service"
+systemd/verify-unit.sh

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use creditgate::config::Config;
 
+mod cli;
+
 /// Exit code for an invalid configuration (distinct from runtime failures).
 const EXIT_CONFIG: u8 = 2;
 
@@ -30,6 +32,11 @@ enum Command {
     Run,
     /// Validate the configuration, print the effective configuration, exit non-zero on errors.
     CheckConfig,
+    /// Operator tooling for the Redis account store (credit.redis_url, credit.key_prefix).
+    Accounts {
+        #[command(subcommand)]
+        cmd: cli::accounts::AccountsCmd,
+    },
 }
 
 const DEFAULT_CONFIG: &str = "/etc/creditgate/creditgate.toml";
@@ -45,6 +52,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     match cli.command.unwrap_or(Command::Run) {
+        Command::Accounts { cmd } => {
+            let cfg = match load(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match cli::accounts::run(cmd, &cfg) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("creditgate accounts: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig => match load(&path) {
             Ok(cfg) => {
                 println!("# {}: valid\n{}", path.display(), cfg.effective_toml());

@@ -145,6 +145,30 @@ fn is_param_value_char(b: u8) -> bool {
     is_token_char(b) || matches!(b, b':' | b'[' | b']')
 }
 
+/// An IPv6 address as written inside `[ ]`. RFC 5118 4.10: the RFC 3261 ABNF wrongly admits a
+/// third colon before an embedded IPv4 part (`2001:db8:::192.0.2.1`), and implementations must
+/// tolerate it as the two-colon form it means.
+fn parse_v6(t: &[u8]) -> Option<Ipv6Addr> {
+    if let Some(a) = std::str::from_utf8(t).ok().and_then(|s| s.parse().ok()) {
+        return Some(a);
+    }
+    // Longest valid text: 8 groups of 4 hex digits and 7 colons, or 6 groups + an IPv4 part.
+    const MAX: usize = 45;
+    let i = memchr::memmem::find(t, b":::")?;
+    let (head, tail) = (t.get(..i + 2)?, t.get(i + 3..)?);
+    if !tail.contains(&b'.') || head.len() + tail.len() > MAX {
+        return None;
+    }
+    let mut b = [0u8; MAX];
+    b.get_mut(..head.len())?.copy_from_slice(head);
+    b.get_mut(head.len()..head.len() + tail.len())?
+        .copy_from_slice(tail);
+    std::str::from_utf8(b.get(..head.len() + tail.len())?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Parses `host [":" port]` at the cursor.
 fn host_port(c: &mut Cur<'_>) -> Option<(Range<usize>, Host, Option<u16>)> {
     let hs = c.pos;
@@ -153,8 +177,7 @@ fn host_port(c: &mut Cur<'_>) -> Option<(Range<usize>, Host, Option<u16>)> {
         if !c.eat(b']') {
             return None;
         }
-        let txt = std::str::from_utf8(&c.buf[inner]).ok()?;
-        Host::Ip(IpAddr::V6(txt.parse::<Ipv6Addr>().ok()?))
+        Host::Ip(IpAddr::V6(parse_v6(&c.buf[inner])?))
     } else {
         let r = c.take_while(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
         if r.is_empty() {
@@ -509,12 +532,17 @@ pub fn parse_uri(buf: &[u8], r: Range<usize>) -> Result<Uri, GrammarError> {
         }
         Scheme::Sip | Scheme::Sips => {
             let body = &u[colon + 1..];
-            let q = memchr::memchr(b'?', body).unwrap_or(body.len());
+            // The userinfo ends at the one '@' a SIP URI can hold: '?' is a legal user
+            // character (RFC 3261 25.1 user-unreserved, RFC 4475 intmeth) and '@' appears
+            // nowhere else unescaped, so headers are only looked for after it.
+            let at = memchr::memchr(b'@', body);
+            let after_user = at.map_or(0, |a| a + 1);
+            let q =
+                memchr::memchr(b'?', &body[after_user..]).map_or(body.len(), |p| after_user + p);
             out.has_headers = q < body.len();
-            let before_q = &body[..q];
-            let host_start = match memchr::memchr(b'@', before_q) {
+            let host_start = match at {
                 Some(at) => {
-                    let userinfo = &before_q[..at];
+                    let userinfo = &body[..at];
                     let ulen = memchr::memchr(b':', userinfo).unwrap_or(userinfo.len());
                     if ulen == 0 {
                         return Err(GrammarError::Uri);
@@ -671,6 +699,30 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+        // RFC 4475 intmeth: '?' (and much else) in the user part, password after ':'.
+        let u = b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com";
+        let p = parse_uri(u, all(u)).unwrap();
+        assert_eq!(
+            &u[p.user.unwrap()],
+            b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"
+        );
+        assert_eq!(&u[p.host_span], b"example.com");
+        assert!(!p.has_headers);
+        // RFC 5118 4.10: the three-colon form is tolerated as the two-colon one.
+        for u in [
+            &b"sip:user@[2001:db8:::192.0.2.1]"[..],
+            b"sip:user@[2001:db8::192.0.2.1]",
+        ] {
+            assert_eq!(
+                parse_uri(u, all(u)).unwrap().host,
+                Some(Host::Ip("2001:db8::c000:201".parse().unwrap())),
+                "{}",
+                String::from_utf8_lossy(u)
+            );
+        }
+        for bad in [&b"sip:[2001:db8:::1]"[..], b"sip:[2001:::db8::1.2.3.4]"] {
+            assert!(parse_uri(bad, all(bad)).is_err());
         }
         let u = b"nobodyKnowsThisScheme:totallyopaquecontent";
         assert_eq!(parse_uri(u, all(u)).unwrap().scheme, Scheme::Other);

@@ -242,16 +242,81 @@ pub enum Event<'a> {
     Dropped(DropReason),
 }
 
+/// The method of the datagram, for per-method metrics (a bounded label: unknown methods are
+/// `Other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MethodClass {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Register,
+    Other,
+    /// A SIP response.
+    Response,
+    /// Not parseable far enough to tell.
+    Unknown,
+}
+
+impl MethodClass {
+    pub const ALL: [MethodClass; 9] = [
+        MethodClass::Invite,
+        MethodClass::Ack,
+        MethodClass::Bye,
+        MethodClass::Cancel,
+        MethodClass::Options,
+        MethodClass::Register,
+        MethodClass::Other,
+        MethodClass::Response,
+        MethodClass::Unknown,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodClass::Invite => "INVITE",
+            MethodClass::Ack => "ACK",
+            MethodClass::Bye => "BYE",
+            MethodClass::Cancel => "CANCEL",
+            MethodClass::Options => "OPTIONS",
+            MethodClass::Register => "REGISTER",
+            MethodClass::Other => "other",
+            MethodClass::Response => "response",
+            MethodClass::Unknown => "unknown",
+        }
+    }
+
+    /// Classifies a request method (case-sensitive, as RFC 3261 methods are).
+    pub fn of_method(m: &[u8]) -> MethodClass {
+        match m {
+            b"INVITE" => MethodClass::Invite,
+            b"ACK" => MethodClass::Ack,
+            b"BYE" => MethodClass::Bye,
+            b"CANCEL" => MethodClass::Cancel,
+            b"OPTIONS" => MethodClass::Options,
+            b"REGISTER" => MethodClass::Register,
+            _ => MethodClass::Other,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The result of handling one datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome<'a> {
     pub action: Action,
     pub event: Event<'a>,
+    pub method: MethodClass,
 }
 
 impl<'a> Outcome<'a> {
     pub(crate) fn drop(reason: DropReason) -> Self {
         Outcome {
+            method: MethodClass::Unknown,
             action: Action::Drop,
             event: Event::Dropped(reason),
         }

@@ -20,7 +20,9 @@ use super::grammar::{
 use super::keys::{ct_eq, BRANCH_LEN};
 use super::scan::{self, Hdr, HeaderLine, Message, Start};
 use super::splice::{bytes, Edits};
-use super::{AccountId, Action, Answer, DropReason, Event, Outcome, Packet, PassKind, Policy};
+use super::{
+    AccountId, Action, Answer, DropReason, Event, MethodClass, Outcome, Packet, PassKind, Policy,
+};
 use crate::config::{IdentifyRule, OnNoSnapshot, OnStale};
 use crate::credit::{credit_decision, CreditDecision, RefusalCause};
 use crate::snapshot::Snapshot;
@@ -42,13 +44,20 @@ pub fn handle<'a>(pkt: Packet<'a>, snap: &Snapshot, policy: &Policy) -> Outcome<
     let source = SocketAddr::new(normalise(pkt.source.ip()), pkt.source.port());
     let pkt = Packet { source, ..pkt };
     match msg.start {
-        Start::Response { .. } => handle_response(&msg, pkt, policy),
+        Start::Response { .. } => Outcome {
+            method: MethodClass::Response,
+            ..handle_response(&msg, pkt, policy)
+        },
         Start::Request {
             ref method,
             ref uri,
         } => {
             let (method, uri) = (method.clone(), uri.clone());
-            handle_request(&msg, method, uri, pkt, snap, policy)
+            let class = MethodClass::of_method(&msg.buf[method.clone()]);
+            Outcome {
+                method: class,
+                ..handle_request(&msg, method, uri, pkt, snap, policy)
+            }
         }
     }
 }
@@ -197,6 +206,7 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
     }
     let bytes = e.apply(buf, msg.body.end);
     Outcome {
+        method: MethodClass::Unknown,
         action: Action::Forward {
             from: out.bound,
             to,
@@ -624,6 +634,7 @@ fn handle_request<'a>(
         event = Event::Passed(PassKind::FromUpstream);
     }
     Outcome {
+        method: MethodClass::Unknown,
         action: Action::Forward {
             from: out.bound,
             to: dest,
@@ -917,6 +928,7 @@ fn refusal<'a>(
     let t = policy.reply(cause);
     let (to, bytes) = build_reply(req, pkt, policy, &t.status_line, &[&t.extra]);
     Outcome {
+        method: MethodClass::Unknown,
         action: Action::Reply {
             from: pkt.local,
             to,
@@ -954,6 +966,7 @@ fn answer<'a>(
     let status = format!("SIP/2.0 {} {}\r\n", kind.code(), reason);
     let (to, bytes) = build_reply(req, pkt, policy, status.as_bytes(), extra);
     Outcome {
+        method: MethodClass::Unknown,
         action: Action::Reply {
             from: pkt.local,
             to,

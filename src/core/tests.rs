@@ -942,26 +942,65 @@ fn ipv6_listeners_and_upstreams_bridge_families() {
     c.sip.listen = vec![sa(CG), sa("[::1]:5060")];
     c.sip.upstream = vec![sa("[2001:db8::5]:5080")];
     let listeners = vec![
-        Listener { bound: sa(CG), advertised_host: "127.0.0.1".into(), advertised_port: 5060 },
-        Listener { bound: sa("[::1]:5060"), advertised_host: "::1".into(), advertised_port: 5060 },
+        Listener {
+            bound: sa(CG),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 5060,
+        },
+        Listener {
+            bound: sa("[::1]:5060"),
+            advertised_host: "::1".into(),
+            advertised_port: 5060,
+        },
     ];
-    let p = Policy::new(&c, Keys::new(b"unit-test-secret-unit-test-secret"), listeners).unwrap();
+    let p = Policy::new(
+        &c,
+        Keys::new(b"unit-test-secret-unit-test-secret"),
+        listeners,
+    )
+    .unwrap();
     // An IPv4 caller's INVITE goes to the IPv6 switch from the IPv6 socket, with an IPv6 Via.
     let m = invite("alice", "v6", "");
     let o = run(&w, &p, &m, CALLER);
-    let Action::Forward { from, to, bytes } = &o.action else { panic!("{:?}", o.event) };
+    let Action::Forward { from, to, bytes } = &o.action else {
+        panic!("{:?}", o.event)
+    };
     assert_eq!((*from, *to), (sa("[::1]:5060"), sa("[2001:db8::5]:5080")));
     let f = text(bytes);
-    assert!(hdr(&f, "via")[0].starts_with("SIP/2.0/UDP [::1]:5060;branch=z9hG4bKcg"), "{f}");
+    assert!(
+        hdr(&f, "via")[0].starts_with("SIP/2.0/UDP [::1]:5060;branch=z9hG4bKcg"),
+        "{f}"
+    );
     assert!(hdr(&f, "record-route")[0].starts_with("<sip:[::1]:5060;lr;cgt="));
     // The switch's response over IPv6 comes back to the IPv4 caller from the IPv4 socket.
     let resp = switch_response(&f, 200, Some("sw6"));
-    let o = handle(Packet { data: &resp, source: sa("[2001:db8::5]:5080"), local: sa("[::1]:5060"), now: w.t0 }, &w.snap, &p);
-    let Action::Forward { from, to, .. } = &o.action else { panic!("{:?}", o.event) };
+    let o = handle(
+        Packet {
+            data: &resp,
+            source: sa("[2001:db8::5]:5080"),
+            local: sa("[::1]:5060"),
+            now: w.t0,
+        },
+        &w.snap,
+        &p,
+    );
+    let Action::Forward { from, to, .. } = &o.action else {
+        panic!("{:?}", o.event)
+    };
     assert_eq!((*from, *to), (sa(CG), sa(CALLER)));
     // An IPv6 caller: received carries the bare IPv6 address; the reply goes back over IPv6.
-    let m6 = text(&invite("bob", "v6b", "")).replace("127.0.0.1:40000;rport", "[2001:db8::77]:40000;rport");
-    let o = handle(Packet { data: m6.as_bytes(), source: sa("[2001:db8::77]:40000"), local: sa("[::1]:5060"), now: w.t0 }, &w.snap, &p);
+    let m6 = text(&invite("bob", "v6b", ""))
+        .replace("127.0.0.1:40000;rport", "[2001:db8::77]:40000;rport");
+    let o = handle(
+        Packet {
+            data: m6.as_bytes(),
+            source: sa("[2001:db8::77]:40000"),
+            local: sa("[::1]:5060"),
+            now: w.t0,
+        },
+        &w.snap,
+        &p,
+    );
     let (to, r) = reply(&o);
     assert_eq!(to, sa("[2001:db8::77]:40000"));
     assert_eq!(status(&r), 402);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::core::{Answer, DropReason, Event, PassKind};
+use crate::core::{Answer, DropReason, Event, MethodClass, PassKind};
 use crate::credit::RefusalCause;
 
 /// A monotonically increasing counter.
@@ -39,6 +39,11 @@ pub struct Counters {
     pub answered: [Counter; 9],
     pub dropped: [Counter; 10],
     pub send_errors: Counter,
+    /// Datagrams by method (rows, [`MethodClass::ALL`] order) and outcome (columns,
+    /// [`OUTCOMES`] order).
+    pub by_method: [[Counter; 6]; 9],
+    /// Datagrams dropped by the per-source rate limit (`[sip] source_pps_limit`, `flood.rs`).
+    pub flood_dropped: Counter,
     /// Histogram of decision time: counts per bucket (cumulative is computed on export), then
     /// the overflow bucket, plus the sum in nanoseconds.
     pub latency_buckets: [Counter; 13],
@@ -72,8 +77,42 @@ fn idx<T>(arr: &[T], i: usize) -> Option<&T> {
     arr.get(i)
 }
 
+/// The outcome classes of `creditgate_requests_total{method, outcome}`.
+pub const OUTCOMES: [&str; 6] = [
+    "admitted",
+    "refused",
+    "would_refuse",
+    "passed",
+    "answered",
+    "dropped",
+];
+
+fn outcome_index(ev: &Event<'_>) -> usize {
+    match ev {
+        Event::Admitted { .. } => 0,
+        Event::Refused { .. } => 1,
+        Event::WouldRefuse { .. } => 2,
+        Event::Passed(_) => 3,
+        Event::Answered(_) => 4,
+        Event::Dropped(_) => 5,
+    }
+}
+
 /// Records one outcome: counters always, a log line where SPEC section 8 asks for one.
-pub fn record(c: &Counters, ev: &Event<'_>, source: SocketAddr, took: Duration) {
+pub fn record(
+    c: &Counters,
+    method: MethodClass,
+    ev: &Event<'_>,
+    source: SocketAddr,
+    took: Duration,
+) {
+    if let Some(x) = c
+        .by_method
+        .get(method.index())
+        .and_then(|row| row.get(outcome_index(ev)))
+    {
+        x.inc();
+    }
     match ev {
         Event::Admitted { account, call_id } => {
             c.admitted.inc();

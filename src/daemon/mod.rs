@@ -4,10 +4,14 @@
 //! and passed down explicitly (STYLE rule 4): bound sockets, the snapshot, the policy handle
 //! and a shutdown token.
 
+pub mod admin;
 pub mod events;
+pub mod flood;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod refresh;
+pub mod systemd;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -27,13 +31,13 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listen address could not be bound (in use, no permission for ports < 1024).
-    #[error("cannot bind {addr}: {source}")]
+    #[error("cannot bind {addr}")]
     Bind {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     /// The secret file could not be read.
-    #[error("cannot read sip.secret_file {path}: {source}")]
+    #[error("cannot read sip.secret_file {}", .path.display())]
     Secret {
         path: PathBuf,
         source: std::io::Error,
@@ -98,32 +102,76 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     let refresher = refresh::Refresher::new(&cfg, Arc::clone(&shared));
+    // Started before the first load: updates arriving during it are re-read after it.
+    let push_task = refresher.spawn_push_updates(shutdown.clone());
     // The first snapshot attempt completes before packets are served.
     refresher.refresh_once(false).await;
+
+    let ops = Arc::new(metrics::OpsCounters::default());
+    let admin_task = match admin::start(
+        &cfg.admin,
+        Arc::clone(&shared),
+        refresher.clone(),
+        Arc::clone(&ops),
+        shutdown.clone(),
+    )
+    .await?
+    {
+        Some((addr, task)) => {
+            tracing::info!(%addr, "admin API listening");
+            Some(task)
+        }
+        None => None,
+    };
 
     let mut tasks = Vec::new();
     for group in sockets.into_iter() {
         tasks.extend(worker::spawn_group(
             group,
             Arc::clone(&shared),
+            cfg.sip.source_pps_limit,
             shutdown.clone(),
         ));
     }
     let refresh_task = tokio::spawn(refresher.clone().run(shutdown.clone()));
     tracing::info!(config = %config_path.display(), accounts = shared.snapshot.len(), "creditgate running");
 
-    wait_for_signals(&refresher, &shutdown).await;
+    let watchdog = systemd::spawn_watchdog(Arc::clone(&shared), Arc::clone(&ops), shutdown.clone());
+    systemd::ready(&ready_status(&shared));
+    let mut reloader = Reloader {
+        path: config_path,
+        running: cfg,
+        shared: Arc::clone(&shared),
+        refresher: refresher.clone(),
+        ops,
+    };
+
+    wait_for_signals(&refresher, &shutdown, &mut reloader).await;
+    systemd::stopping();
     shutdown.cancel();
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    if let Some(t) = watchdog {
+        let _ = t.await;
+    }
     for t in tasks {
         let _ = t.await;
     }
     let _ = refresh_task.await;
+    if let Some(t) = push_task {
+        let _ = t.await;
+    }
     tracing::info!("creditgate stopped");
     Ok(())
 }
 
 #[cfg(unix)]
-async fn wait_for_signals(refresher: &refresh::Refresher, shutdown: &CancellationToken) {
+async fn wait_for_signals(
+    _refresher: &refresh::Refresher,
+    shutdown: &CancellationToken,
+    reloader: &mut Reloader,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -138,8 +186,7 @@ async fn wait_for_signals(refresher: &refresh::Refresher, shutdown: &Cancellatio
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: refreshing the snapshot (confirms a held-back refresh)");
-                refresher.trigger(true);
+                reloader.reload();
             }
             _ = shutdown.cancelled() => break,
         }
@@ -147,6 +194,143 @@ async fn wait_for_signals(refresher: &refresh::Refresher, shutdown: &Cancellatio
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_refresher: &refresh::Refresher, _shutdown: &CancellationToken) {
+async fn wait_for_signals(
+    _refresher: &refresh::Refresher,
+    _shutdown: &CancellationToken,
+    _reloader: &mut Reloader,
+) {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The STATUS= line sent with READY=1.
+fn ready_status(shared: &Shared) -> String {
+    if shared.snapshot.is_loaded() {
+        format!("serving; {} accounts", shared.snapshot.len())
+    } else {
+        "serving; no credit snapshot loaded yet".to_owned()
+    }
+}
+
+/// SIGHUP: re-reads the configuration file and swaps in a new [`Policy`] built on the sockets
+/// and keys already in use; then forces a snapshot refresh (which also confirms a refresh the
+/// shrink guard held back). An invalid file is refused, key by key, and the running
+/// configuration stays. Settings bound at start (sockets, workers, keys, the credit source, the
+/// admin listener, logging) are reported as needing a restart and keep their running values.
+pub struct Reloader {
+    path: PathBuf,
+    /// The configuration the daemon started with: what the restart-only settings still are.
+    running: Config,
+    shared: Arc<Shared>,
+    refresher: refresh::Refresher,
+    ops: Arc<metrics::OpsCounters>,
+}
+
+impl Reloader {
+    pub fn reload(&mut self) {
+        systemd::reloading();
+        tracing::info!(config = %self.path.display(), "SIGHUP: reloading the configuration and refreshing the snapshot");
+        match Config::load(&self.path) {
+            Err(e) => {
+                self.ops.reloads_refused.inc();
+                if e.problems().is_empty() {
+                    tracing::error!(error = %e, "SIGHUP: new configuration refused; the running configuration stays");
+                }
+                for p in e.problems() {
+                    tracing::error!(key = %p.key, problem = %p.message, "SIGHUP: new configuration refused; the running configuration stays");
+                }
+            }
+            Ok(new) => {
+                let old = self.shared.policy.load();
+                match Policy::new(&new, old.keys.clone(), old.listeners.clone()) {
+                    Ok(policy) => {
+                        self.shared.policy.store(Arc::new(policy));
+                        self.ops.reloads_applied.inc();
+                        for key in restart_needed(&self.running, &new) {
+                            tracing::warn!(key, "SIGHUP: this setting changed but needs a restart; the running value stays");
+                        }
+                        tracing::info!("SIGHUP: configuration reloaded");
+                    }
+                    Err(e) => {
+                        self.ops.reloads_refused.inc();
+                        tracing::error!(error = %e, "SIGHUP: new configuration refused; the running configuration stays");
+                    }
+                }
+            }
+        }
+        self.refresher.trigger(true);
+        systemd::ready(&ready_status(&self.shared));
+    }
+}
+
+/// The settings that differ between `running` and `new` but only take effect on a restart.
+pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (r, n) = (running, new);
+    let checks: [(&'static str, bool); 17] = [
+        ("sip.listen", r.sip.listen != n.sip.listen),
+        ("sip.advertise", r.sip.advertise != n.sip.advertise),
+        ("sip.workers", r.sip.workers != n.sip.workers),
+        ("sip.recv_buffer", r.sip.recv_buffer != n.sip.recv_buffer),
+        ("sip.secret", r.sip.secret != n.sip.secret),
+        ("sip.secret_file", r.sip.secret_file != n.sip.secret_file),
+        (
+            "sip.source_pps_limit",
+            r.sip.source_pps_limit != n.sip.source_pps_limit,
+        ),
+        ("credit.source", r.credit.source != n.credit.source),
+        ("credit.file", r.credit.file != n.credit.file),
+        ("credit.redis_url", r.credit.redis_url != n.credit.redis_url),
+        (
+            "credit.key_prefix",
+            r.credit.key_prefix != n.credit.key_prefix,
+        ),
+        (
+            "credit.refresh_interval",
+            r.credit.refresh_interval != n.credit.refresh_interval,
+        ),
+        (
+            "credit.max_shrink",
+            r.credit.max_shrink != n.credit.max_shrink,
+        ),
+        ("live", r.live != n.live),
+        ("admin.listen", r.admin.listen != n.admin.listen),
+        ("admin.token_file", r.admin.token_file != n.admin.token_file),
+        ("log", r.log != n.log),
+    ];
+    checks.into_iter().filter(|c| c.1).map(|c| c.0).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod reload_tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_changes_are_named() {
+        let base =
+            "[sip]\nlisten = [\"127.0.0.1:5060\"]\nupstream = [\"127.0.0.2:5080\"]\nworkers = 2\n";
+        let load = |extra: &str| {
+            Config::from_toml_str(&format!("{base}{extra}"), std::path::Path::new("")).unwrap()
+        };
+        let running = load("");
+        assert!(restart_needed(&running, &running).is_empty());
+        // Live-applicable settings are not reported.
+        let live = load("[reply]\ninsufficient_credit = { code = 403, reason = \"Blocked\" }\n[credit]\nenforce = false\n");
+        assert!(restart_needed(&running, &live).is_empty());
+        let moved = Config::from_toml_str(
+            &base
+                .replace("127.0.0.1:5060", "127.0.0.1:5070")
+                .replace("workers = 2", "workers = 4"),
+            std::path::Path::new(""),
+        )
+        .unwrap();
+        assert_eq!(
+            restart_needed(&running, &moved),
+            ["sip.listen", "sip.workers"]
+        );
+        let other = load("[credit]\nrefresh_interval = \"30s\"\n[log]\nformat = \"json\"\n");
+        assert_eq!(
+            restart_needed(&running, &other),
+            ["credit.refresh_interval", "log"]
+        );
+    }
 }

@@ -3,22 +3,30 @@
 //! shrink the account set beyond `max_shrink` is held back until confirmed (SIGHUP = force).
 //! Refreshes never stack: one runs at a time, triggers during a run coalesce into one more.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::events::Counter;
 use super::Shared;
 use crate::config::{Config, SourceKind};
+use crate::snapshot::ShrinkHeld;
 use crate::source::file::FileSource;
+use crate::source::redis::RedisSource;
 use crate::source::{LoadReport, SourceError};
+
+/// First retry delay after a failed load (then doubling up to `refresh_interval`).
+const RETRY_MIN: Duration = Duration::from_secs(1);
 
 /// The configured source.
 #[derive(Debug, Clone)]
 pub enum Source {
     File(FileSource),
+    /// Redis hashes plus push updates (`source/redis.rs`).
+    Redis(Arc<RedisSource>),
     /// Redis is a later addition; until then the daemon reports it as unavailable.
     Unavailable(String),
 }
@@ -27,8 +35,75 @@ impl Source {
     async fn load(&self) -> Result<LoadReport, SourceError> {
         match self {
             Source::File(f) => f.load().await,
+            Source::Redis(r) => r.load().await,
             Source::Unavailable(why) => Err(SourceError::Store(why.clone())),
         }
+    }
+
+    /// After a full load was applied: the Redis source re-reads accounts pushed meanwhile.
+    async fn after_apply(&self, snapshot: &Arc<crate::snapshot::Snapshot>) {
+        if let Source::Redis(r) = self {
+            r.replay_pushed(snapshot).await;
+        }
+    }
+}
+
+/// What the admin API and the metrics need to know about refreshes (all lock-free but the held
+/// alarm, which changes only on refreshes). Written by [`Refresher::refresh_once`]; a push-update
+/// source bumps `push_updates`.
+#[derive(Debug, Default)]
+pub struct RefreshStats {
+    /// Full refreshes applied to the snapshot.
+    pub applied: Counter,
+    /// Full refreshes whose load failed (source unreachable, unreadable, invalid): the last
+    /// snapshot stayed.
+    pub failed: Counter,
+    /// Full refreshes held back by the `max_shrink` guard.
+    pub held: Counter,
+    /// Account records skipped for a bad field, summed over refreshes.
+    pub bad_records: Counter,
+    /// Single-account push updates applied (the Redis source's `{prefix}updates` channel).
+    pub push_updates: Counter,
+    /// Duration of the last refresh attempt, whatever its result, in nanoseconds.
+    pub last_duration_ns: AtomicU64,
+    /// The pending shrink-guard alarm: set when a refresh is held back, cleared by the next
+    /// refresh that applies. `/ready` reports it.
+    pending_hold: std::sync::Mutex<Option<ShrinkHeld>>,
+    /// The error of the last failed refresh, cleared by the next applied one.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl RefreshStats {
+    /// The shrink-guard hold waiting for confirmation, if any.
+    pub fn pending_hold(&self) -> Option<ShrinkHeld> {
+        self.pending_hold.lock().map_or(None, |g| *g)
+    }
+
+    /// The error of the last refresh if it failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().map_or(None, |g| g.clone())
+    }
+
+    /// Duration of the last refresh attempt.
+    pub fn last_duration(&self) -> Duration {
+        Duration::from_nanos(self.last_duration_ns.load(Ordering::Relaxed))
+    }
+
+    fn set_hold(&self, hold: Option<ShrinkHeld>) {
+        if let Ok(mut g) = self.pending_hold.lock() {
+            *g = hold;
+        }
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = error;
+        }
+    }
+
+    fn took(&self, t0: Instant) {
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_duration_ns.store(ns, Ordering::Relaxed);
     }
 }
 
@@ -46,6 +121,7 @@ struct Inner {
     notify: Notify,
     force_next: AtomicBool,
     running: tokio::sync::Mutex<()>,
+    stats: RefreshStats,
 }
 
 impl Refresher {
@@ -53,7 +129,10 @@ impl Refresher {
         let source = match cfg.credit.source {
             SourceKind::File => Source::File(FileSource::new(cfg.credit.file.clone())),
             SourceKind::Redis => {
-                Source::Unavailable("the redis source is not built into this version".into())
+                match RedisSource::new(&cfg.credit.redis_url, &cfg.credit.key_prefix) {
+                    Ok(r) => Source::Redis(Arc::new(r)),
+                    Err(e) => Source::Unavailable(format!("credit.redis_url: {e}")),
+                }
             }
         };
         Refresher {
@@ -65,6 +144,7 @@ impl Refresher {
                 notify: Notify::new(),
                 force_next: AtomicBool::new(false),
                 running: tokio::sync::Mutex::new(()),
+                stats: RefreshStats::default(),
             }),
         }
     }
@@ -77,6 +157,20 @@ impl Refresher {
         self.inner.notify.notify_one();
     }
 
+    /// Refresh bookkeeping for the admin API and metrics.
+    pub fn stats(&self) -> &RefreshStats {
+        &self.inner.stats
+    }
+
+    /// The Redis source's own counters (load, push and subscription failures), when the source
+    /// is Redis.
+    pub fn redis_stats(&self) -> Option<&crate::source::redis::RedisStats> {
+        match &self.inner.source {
+            Source::Redis(r) => Some(&r.stats),
+            _ => None,
+        }
+    }
+
     /// One refresh; returns whether it applied.
     pub async fn refresh_once(&self, force: bool) -> bool {
         let _guard = self.inner.running.lock().await;
@@ -84,6 +178,10 @@ impl Refresher {
         let report = match self.inner.source.load().await {
             Ok(r) => r,
             Err(e) => {
+                let stats = &self.inner.stats;
+                stats.took(t0);
+                stats.failed.inc();
+                stats.set_error(Some(e.to_string()));
                 let snap = &self.inner.shared.snapshot;
                 tracing::warn!(error = %e, loaded = snap.is_loaded(), accounts = snap.len(), "refresh failed; keeping the last snapshot");
                 return false;
@@ -93,14 +191,42 @@ impl Refresher {
             tracing::warn!(account = %bad.id, field = %bad.field, reason = %bad.reason, "skipping bad account record");
         }
         let n_bad = report.bad.len();
+        self.inner.stats.bad_records.add(n_bad as u64);
         let snap = &self.inner.shared.snapshot;
-        match snap.apply_full(
-            report.accounts,
-            Instant::now(),
-            self.inner.max_shrink,
-            force,
-        ) {
+        // Applying a million accounts takes a CPU-second or two: do it off the runtime threads
+        // that serve SIP (a long synchronous call there stalls packets queued behind it), on a
+        // short-lived thread at background priority.
+        let applied = {
+            let snap = Arc::clone(snap);
+            let (max_shrink, accounts) = (self.inner.max_shrink, report.accounts);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("creditgate-apply".into())
+                .spawn(move || {
+                    crate::source::redis::lower_thread_priority();
+                    let _ = tx.send(snap.apply_full(accounts, Instant::now(), max_shrink, force));
+                });
+            match spawned {
+                Ok(_) => rx.await,
+                Err(e) => {
+                    self.inner.stats.failed.inc();
+                    tracing::error!(error = %e, "cannot start the snapshot update thread");
+                    return false;
+                }
+            }
+        };
+        let Ok(applied) = applied else {
+            self.inner.stats.failed.inc();
+            tracing::error!("the snapshot update task failed; keeping the last snapshot");
+            return false;
+        };
+        match applied {
             Ok(st) => {
+                let stats = &self.inner.stats;
+                stats.took(t0);
+                stats.applied.inc();
+                stats.set_hold(None);
+                stats.set_error(None);
                 tracing::info!(
                     accounts = st.total,
                     added = st.added,
@@ -110,9 +236,15 @@ impl Refresher {
                     took_ms = t0.elapsed().as_millis() as u64,
                     "snapshot refreshed"
                 );
+                self.inner.source.after_apply(snap).await;
                 true
             }
             Err(held) => {
+                let stats = &self.inner.stats;
+                stats.took(t0);
+                stats.held.inc();
+                stats.set_hold(Some(held));
+                stats.set_error(None);
                 tracing::error!(
                     would_remove = held.would_remove,
                     known = held.known,
@@ -124,16 +256,46 @@ impl Refresher {
         }
     }
 
+    /// Starts the push-update task of a source that has one (Redis): each published account is
+    /// re-read at once; after a lost subscription comes back, a full refresh catches up.
+    pub fn spawn_push_updates(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let Source::Redis(r) = &self.inner.source else {
+            return None;
+        };
+        let snapshot = Arc::clone(&self.inner.shared.snapshot);
+        let on_resubscribed = self.clone();
+        let on_applied = self.clone();
+        Some(r.spawn_updates(
+            snapshot,
+            shutdown,
+            move || on_resubscribed.trigger(false),
+            move || on_applied.inner.stats.push_updates.inc(),
+        ))
+    }
+
     /// Runs until shutdown.
+    /// After a failed load the next attempt comes sooner: [`RETRY_MIN`], doubling, capped at
+    /// `refresh_interval` (a source back up is picked up quickly, a source down is not hammered).
     pub async fn run(self, shutdown: CancellationToken) {
+        let interval = self.inner.interval;
+        let failed = |r: &Self| r.inner.stats.last_error().is_some();
+        let mut retry = failed(&self).then_some(RETRY_MIN.min(interval));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.inner.interval) => {}
+                _ = tokio::time::sleep(retry.unwrap_or(interval)) => {}
                 _ = self.inner.notify.notified() => {}
             }
             let force = self.inner.force_next.swap(false, Ordering::AcqRel);
-            self.refresh_once(force).await;
+            let applied = self.refresh_once(force).await;
+            retry = if !applied && failed(&self) {
+                Some(retry.map_or(RETRY_MIN, |d| d * 2).min(interval))
+            } else {
+                None
+            };
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::flood::{self, Verdict};
 use super::net::SocketGroup;
 use super::{events, Shared};
 use crate::core::{self, Action, Packet};
@@ -17,9 +18,13 @@ use crate::core::{self, Action, Packet};
 const MAX_DATAGRAM: usize = 65_535;
 
 /// Spawns one receive task per socket of the group.
+///
+/// `source_pps_limit` is `[sip] source_pps_limit` (0 = off): each task gets its own
+/// [`flood::Limiter`].
 pub fn spawn_group(
     group: SocketGroup,
     shared: Arc<Shared>,
+    source_pps_limit: u32,
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let group = Arc::new(group);
@@ -28,7 +33,8 @@ pub fn spawn_group(
             let group = Arc::clone(&group);
             let shared = Arc::clone(&shared);
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { serve(i, group, shared, shutdown).await })
+            let limiter = flood::Limiter::new(source_pps_limit);
+            tokio::spawn(async move { serve(i, group, shared, limiter, shutdown).await })
         })
         .collect()
 }
@@ -37,6 +43,7 @@ async fn serve(
     index: usize,
     group: Arc<SocketGroup>,
     shared: Arc<Shared>,
+    mut limiter: Option<flood::Limiter>,
     shutdown: CancellationToken,
 ) {
     let Some(sock) = group.get(index).cloned() else {
@@ -58,6 +65,17 @@ async fn serve(
             }
         };
         let start = Instant::now();
+        if let Some(Verdict::Refuse { first_in_window }) =
+            limiter.as_mut().map(|l| l.check(source.ip(), start))
+        {
+            if !shared.policy.load().is_trusted(source.ip()) {
+                shared.counters.flood_dropped.inc();
+                if first_in_window {
+                    tracing::warn!(%source, "flood guard: source over [sip] source_pps_limit, dropping its datagrams for the rest of this second");
+                }
+                continue;
+            }
+        }
         let data = buf.get(..len).unwrap_or_default();
         let policy = shared.policy.load();
         let outcome = core::handle(
@@ -70,7 +88,13 @@ async fn serve(
             &shared.snapshot,
             &policy,
         );
-        events::record(&shared.counters, &outcome.event, source, start.elapsed());
+        events::record(
+            &shared.counters,
+            outcome.method,
+            &outcome.event,
+            source,
+            start.elapsed(),
+        );
         match outcome.action {
             Action::Forward { from, to, bytes } | Action::Reply { from, to, bytes } => {
                 let out = if from == local {

@@ -4,6 +4,7 @@
 //! SIP, and the SIP core knows nothing of sources.
 
 pub mod file;
+pub mod redis;
 
 use crate::credit::Account;
 

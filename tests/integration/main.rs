@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod flood;
 mod harness;
+mod ops;
 mod proxy;
+mod redis;
 mod sipp;

@@ -95,9 +95,9 @@ impl Drop for Sipp {
 fn final_count(screen: &str, label: &str) -> u64 {
     screen
         .lines()
+        .rev()
         .filter(|l| l.trim_start().starts_with(label))
-        .filter_map(|l| l.split('|').nth(2).and_then(|v| v.trim().parse().ok()))
-        .last()
+        .find_map(|l| l.split('|').nth(2).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no `{label}` line on the SIPp screen:\n{screen}"))
 }
 

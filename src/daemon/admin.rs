@@ -1,0 +1,646 @@
+//! The admin HTTP API (SPEC section 8), served by axum on `[admin] listen`:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /health` | 200 `ok` while the process serves (liveness) |
+//! | `GET /ready` | 200 once a snapshot is loaded and fresh; 503 with the reason otherwise (never loaded, older than `max_staleness`, a refresh held back by the `max_shrink` guard) |
+//! | `GET /metrics` | Prometheus text (OpenMetrics when asked for), see [`super::metrics`] |
+//! | `GET /accounts/{id}` | JSON: the snapshot entry, available credit, the decision a new call of the account would get now |
+//! | `POST /refresh` | a full refresh now; `?force=1` applies one the shrink guard held back |
+//!
+//! With `admin.token_file` set, every route but `/health` and `/ready` needs
+//! `Authorization: Bearer TOKEN` (probes of load balancers and orchestrators rarely carry
+//! credentials, and those two routes reveal nothing about accounts).
+//!
+//! Boundary: this module reads the shared snapshot and policy and asks the refresher for
+//! refreshes; it never touches the packet path. The decision shown by `/accounts/{id}` is the
+//! one of the core's admission for an account already identified: the same
+//! [`credit_decision`] and the same `on_no_snapshot` / `on_stale` rules.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::{self, Format, OpsCounters};
+use super::refresh::{RefreshStats, Refresher};
+use super::Shared;
+use crate::config::{AdminConfig, OnNoSnapshot, OnStale};
+use crate::core::Policy;
+use crate::credit::{credit_decision, valid_account_id, CreditDecision, RefusalCause};
+use crate::snapshot::Snapshot;
+
+/// Why the admin API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// `admin.listen` could not be bound (in use, not a local address).
+    #[error("cannot bind admin.listen {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// `admin.token_file` could not be read: a deployment problem.
+    #[error("cannot read admin.token_file {}: {source}", .path.display())]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `admin.token_file` holds no token (an empty file would let any bearer in).
+    #[error("admin.token_file {} is empty", .path.display())]
+    EmptyToken { path: PathBuf },
+}
+
+/// What the handlers share.
+pub struct AdminState {
+    shared: Arc<Shared>,
+    refresher: Refresher,
+    registry: Registry,
+    token: Option<String>,
+}
+
+/// Reads the token, binds `admin.listen` and serves until `shutdown`. `Ok(None)` when the admin
+/// API is disabled (`listen = ""`).
+pub async fn start(
+    cfg: &AdminConfig,
+    shared: Arc<Shared>,
+    refresher: Refresher,
+    ops: Arc<OpsCounters>,
+    shutdown: CancellationToken,
+) -> Result<Option<(SocketAddr, JoinHandle<()>)>, AdminError> {
+    let Some(addr) = cfg.listen else {
+        return Ok(None);
+    };
+    let token = match &cfg.token_file {
+        None => None,
+        Some(path) => {
+            let text =
+                tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|source| AdminError::Token {
+                        path: path.clone(),
+                        source,
+                    })?;
+            let t = text.trim();
+            if t.is_empty() {
+                return Err(AdminError::EmptyToken { path: path.clone() });
+            }
+            Some(t.to_owned())
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    let registry = metrics::registry(Arc::clone(&shared), refresher.clone(), ops);
+    let state = Arc::new(AdminState {
+        shared,
+        refresher,
+        registry,
+        token,
+    });
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    Ok(Some((bound, task)))
+}
+
+/// The routes; the token check guards all but `/health` and `/ready`.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let guarded = Router::new()
+        .route("/metrics", get(get_metrics))
+        .route("/accounts/{id}", get(get_account))
+        .route("/refresh", post(post_refresh))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
+    Router::new()
+        .route("/health", get(get_health))
+        .route("/ready", get(get_ready))
+        .merge(guarded)
+        .with_state(state)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from response times.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let Some(token) = &st.token else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(p) if ct_eq(p.as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a valid bearer token is required (admin.token_file)\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn get_health() -> &'static str {
+    "ok\n"
+}
+
+/// Why the daemon is not ready, or `None` when it is.
+pub fn not_ready_reason(
+    snap: &Snapshot,
+    policy: &Policy,
+    stats: &RefreshStats,
+    now: Instant,
+) -> Option<String> {
+    let last_error = stats
+        .last_error()
+        .map(|e| format!(" (last refresh failed: {e})"))
+        .unwrap_or_default();
+    let Some(age) = snap.age(now) else {
+        return Some(format!("no credit snapshot loaded yet{last_error}"));
+    };
+    if age > policy.max_staleness {
+        return Some(format!(
+            "credit snapshot is stale: {:.1}s old, credit.max_staleness is {}s{last_error}",
+            age.as_secs_f64(),
+            policy.max_staleness.as_secs()
+        ));
+    }
+    if let Some(held) = stats.pending_hold() {
+        return Some(format!(
+            "a refresh was held back by the max_shrink guard: it would remove {} of {} known accounts (max_shrink {}); confirm with SIGHUP or POST /refresh?force=1",
+            held.would_remove, held.known, held.max_shrink
+        ));
+    }
+    None
+}
+
+async fn get_ready(State(st): State<Arc<AdminState>>) -> Response {
+    let policy = st.shared.policy.load();
+    let snap = &st.shared.snapshot;
+    let now = Instant::now();
+    match not_ready_reason(snap, &policy, st.refresher.stats(), now) {
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+        None => {
+            let age = snap.age(now).unwrap_or_default();
+            (
+                StatusCode::OK,
+                format!(
+                    "ready: {} accounts, snapshot {:.1}s old\n",
+                    snap.len(),
+                    age.as_secs_f64()
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn get_metrics(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    match metrics::encode(&st.registry, format) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, format.content_type())],
+            body,
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
+    }
+}
+
+/// The decision a new call of account `id` would get now, as the core's admission makes it
+/// once the caller is identified as `id`.
+pub fn decision_now(snap: &Snapshot, policy: &Policy, id: &str, now: Instant) -> Value {
+    let refuse = |cause: RefusalCause| {
+        let tpl = policy.reply(cause);
+        let reason = String::from_utf8_lossy(&tpl.status_line)
+            .trim_end()
+            .splitn(3, ' ')
+            .nth(2)
+            .unwrap_or_default()
+            .to_owned();
+        json!({
+            "result": if policy.enforce { "refuse" } else { "would_refuse" },
+            "cause": cause.as_str(),
+            "sip_code": tpl.code,
+            "sip_reason": reason,
+            "forwarded": !policy.enforce,
+        })
+    };
+    let admit = || json!({ "result": "admit", "forwarded": true });
+    let Some(age) = snap.age(now) else {
+        return match policy.on_no_snapshot {
+            OnNoSnapshot::Reject => refuse(RefusalCause::NoSnapshot),
+            OnNoSnapshot::Admit => admit(),
+        };
+    };
+    let Some(view) = snap.credit(id) else {
+        return refuse(RefusalCause::UnknownAccount);
+    };
+    if age > policy.max_staleness {
+        let stale_refuse = match policy.on_stale {
+            OnStale::Serve => false,
+            OnStale::Reject => true,
+            OnStale::RejectPrepaid => view.debit_limit <= rust_decimal::Decimal::ZERO,
+        };
+        if stale_refuse {
+            return refuse(RefusalCause::NoSnapshot);
+        }
+    }
+    match credit_decision(view.enabled, view.balance, view.debit_limit) {
+        CreditDecision::Admit => admit(),
+        CreditDecision::Refuse(cause) => refuse(cause),
+    }
+}
+
+fn snapshot_json(snap: &Snapshot, policy: &Policy, now: Instant) -> Value {
+    let age = snap.age(now);
+    json!({
+        "loaded": age.is_some(),
+        "age_seconds": age.map(|a| a.as_secs_f64()),
+        "stale": age.is_none_or(|a| a > policy.max_staleness),
+        "accounts": snap.len(),
+        "generation": snap.generation(),
+    })
+}
+
+async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    if !valid_account_id(&id) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "id": id, "error": "not a valid account id" })),
+        )
+            .into_response();
+    }
+    let policy = st.shared.policy.load();
+    let snap = &st.shared.snapshot;
+    let now = Instant::now();
+    let decision = decision_now(snap, &policy, &id, now);
+    let snapshot = snapshot_json(snap, &policy, now);
+    let Some(a) = snap.account(&id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({
+                "id": id,
+                "found": false,
+                "decision": decision,
+                "snapshot": snapshot,
+            })),
+        )
+            .into_response();
+    };
+    let money = |d: Option<rust_decimal::Decimal>| d.map(|d| d.to_string());
+    let available = a.available();
+    let body = json!({
+        "id": &*a.id,
+        "found": true,
+        "balance": a.balance.to_string(),
+        "debit_limit": a.debit_limit.to_string(),
+        "available": available.to_string(),
+        // No calls are tracked yet ([live] track_calls), so nothing is held against the snapshot.
+        "live_available": available.to_string(),
+        "calls_in_progress": 0,
+        "enabled": a.enabled,
+        "ips": a.ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "tech_prefix": a.tech_prefix.as_deref(),
+        "currency": a.currency.as_deref(),
+        "max_channels": a.max_channels,
+        "max_cps": a.max_cps,
+        "rate_per_min": money(a.rate_per_min),
+        "daily_spend_limit": money(a.daily_spend_limit),
+        "spent_today": money(a.spent_today),
+        "decision": decision,
+        "snapshot": snapshot,
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// `force=1` / `force=true` / `force` in a query string.
+fn wants_force(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+            k == "force" && matches!(v, "1" | "true" | "yes")
+        })
+    })
+}
+
+async fn post_refresh(State(st): State<Arc<AdminState>>, RawQuery(query): RawQuery) -> Response {
+    let force = wants_force(query.as_deref());
+    let stats = st.refresher.stats();
+    let failed_before = stats.failed.get();
+    tracing::info!(force, "admin API: refresh requested");
+    let applied = st.refresher.refresh_once(force).await;
+    let accounts = st.shared.snapshot.len();
+    // Microsecond resolution is plenty for a human reading the answer.
+    let took_ms = (stats.last_duration().as_secs_f64() * 1e6).round() / 1e3;
+    if applied {
+        return (
+            StatusCode::OK,
+            Json(json!({ "result": "applied", "force": force, "accounts": accounts, "took_ms": took_ms })),
+        )
+            .into_response();
+    }
+    if stats.failed.get() > failed_before {
+        return (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({
+                "result": "failed",
+                "force": force,
+                "error": stats.last_error(),
+                "accounts": accounts,
+                "took_ms": took_ms,
+            })),
+        )
+            .into_response();
+    }
+    let held = stats.pending_hold();
+    (
+        StatusCode::CONFLICT,
+        Json(json!({
+            "result": "held",
+            "force": force,
+            "would_remove": held.map(|h| h.would_remove),
+            "known": held.map(|h| h.known),
+            "max_shrink": held.map(|h| h.max_shrink),
+            "accounts": accounts,
+            "hint": "the max_shrink guard held this refresh back; POST /refresh?force=1 applies it",
+        })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::core::keys::Keys;
+    use crate::core::Listener;
+    use crate::credit::Account;
+    use std::time::Duration;
+
+    /// A policy from `[credit]` lines and extra tables.
+    fn policy(credit: &str, extra: &str) -> Policy {
+        let text = format!("[sip]\nupstream = [\"127.0.0.2:5080\"]\n[credit]\n{credit}\n{extra}\n");
+        let cfg = Config::from_toml_str(&text, std::path::Path::new("")).unwrap();
+        let listener = Listener {
+            bound: "127.0.0.1:5060".parse().unwrap(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 5060,
+        };
+        Policy::new(&cfg, Keys::new(b"0123456789abcdef-test"), vec![listener]).unwrap()
+    }
+
+    fn acct(id: &str, balance: &str, debit_limit: &str, enabled: bool) -> Account {
+        let mut a = Account::new(id, balance.parse().unwrap(), debit_limit.parse().unwrap());
+        a.enabled = enabled;
+        a
+    }
+
+    /// A snapshot loaded at `t0` with a pre-pay, an empty, a post-pay and a disabled account.
+    fn snapshot(t0: Instant) -> Snapshot {
+        let snap = Snapshot::new(t0);
+        snap.apply_full(
+            vec![
+                acct("alice", "10", "0", true),
+                acct("bob", "0", "0", true),
+                acct("carol", "-42.17", "100", true),
+                acct("mallory", "1000", "0", false),
+            ],
+            t0,
+            0.5,
+            false,
+        )
+        .unwrap();
+        snap
+    }
+
+    fn summary(v: &Value) -> (String, String, i64) {
+        (
+            v["result"].as_str().unwrap_or_default().to_owned(),
+            v["cause"].as_str().unwrap_or_default().to_owned(),
+            v["sip_code"].as_i64().unwrap_or(0),
+        )
+    }
+
+    /// (case, credit lines, extra tables, snapshot, account, now, expected summary)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a Snapshot,
+        &'a str,
+        Instant,
+        (String, String, i64),
+    );
+
+    #[test]
+    fn decision_follows_the_core_rules() {
+        let t0 = Instant::now();
+        let fresh = t0 + Duration::from_secs(1);
+        let stale = t0 + Duration::from_secs(600);
+        let empty = Snapshot::new(t0);
+        let snap = snapshot(t0);
+        let s = |r: &str, c: &str, code: i64| (r.to_owned(), c.to_owned(), code);
+        let cases: [Case<'_>; 13] = [
+            (
+                "no snapshot, reject",
+                "",
+                "",
+                &empty,
+                "alice",
+                fresh,
+                s("refuse", "no_snapshot", 503),
+            ),
+            (
+                "no snapshot, admit",
+                "on_no_snapshot = \"admit\"",
+                "",
+                &empty,
+                "alice",
+                fresh,
+                s("admit", "", 0),
+            ),
+            (
+                "pre-pay with credit",
+                "",
+                "",
+                &snap,
+                "alice",
+                fresh,
+                s("admit", "", 0),
+            ),
+            (
+                "empty pre-pay",
+                "",
+                "",
+                &snap,
+                "bob",
+                fresh,
+                s("refuse", "insufficient_credit", 402),
+            ),
+            (
+                "post-pay within limit",
+                "",
+                "",
+                &snap,
+                "carol",
+                fresh,
+                s("admit", "", 0),
+            ),
+            (
+                "disabled",
+                "",
+                "",
+                &snap,
+                "mallory",
+                fresh,
+                s("refuse", "account_disabled", 403),
+            ),
+            (
+                "unknown",
+                "",
+                "",
+                &snap,
+                "nobody",
+                fresh,
+                s("refuse", "unknown_account", 403),
+            ),
+            (
+                "stale, serve",
+                "",
+                "",
+                &snap,
+                "alice",
+                stale,
+                s("admit", "", 0),
+            ),
+            (
+                "stale, reject",
+                "on_stale = \"reject\"",
+                "",
+                &snap,
+                "carol",
+                stale,
+                s("refuse", "no_snapshot", 503),
+            ),
+            (
+                "stale, reject_prepaid, pre-pay",
+                "on_stale = \"reject_prepaid\"",
+                "",
+                &snap,
+                "alice",
+                stale,
+                s("refuse", "no_snapshot", 503),
+            ),
+            (
+                "stale, reject_prepaid, post-pay",
+                "on_stale = \"reject_prepaid\"",
+                "",
+                &snap,
+                "carol",
+                stale,
+                s("admit", "", 0),
+            ),
+            (
+                "dry run",
+                "enforce = false",
+                "",
+                &snap,
+                "bob",
+                fresh,
+                s("would_refuse", "insufficient_credit", 402),
+            ),
+            (
+                "configured reply",
+                "",
+                "[reply]\ninsufficient_credit = { code = 403, reason = \"Blocked Now\" }",
+                &snap,
+                "bob",
+                fresh,
+                s("refuse", "insufficient_credit", 403),
+            ),
+        ];
+        for (name, credit, extra, snap, id, now, want) in cases {
+            let p = policy(credit, extra);
+            let got = decision_now(snap, &p, id, now);
+            assert_eq!(summary(&got), want, "{name}: {got}");
+        }
+        let p = policy(
+            "",
+            "[reply]\ninsufficient_credit = { code = 403, reason = \"Blocked Now\" }",
+        );
+        assert_eq!(
+            decision_now(&snap, &p, "bob", fresh)["sip_reason"],
+            "Blocked Now"
+        );
+        assert_eq!(decision_now(&snap, &p, "bob", fresh)["forwarded"], false);
+    }
+
+    #[test]
+    fn readiness_reasons() {
+        let t0 = Instant::now();
+        let p = policy("max_staleness = \"5m\"", "");
+        let stats = RefreshStats::default();
+        let empty = Snapshot::new(t0);
+        let why = not_ready_reason(&empty, &p, &stats, t0).unwrap();
+        assert!(why.contains("no credit snapshot"), "{why}");
+        let snap = snapshot(t0);
+        assert_eq!(
+            not_ready_reason(&snap, &p, &stats, t0 + Duration::from_secs(10)),
+            None
+        );
+        let why = not_ready_reason(&snap, &p, &stats, t0 + Duration::from_secs(301)).unwrap();
+        assert!(why.contains("stale"), "{why}");
+    }
+
+    #[test]
+    fn force_query() {
+        assert!(wants_force(Some("force=1")));
+        assert!(wants_force(Some("a=b&force=true")));
+        assert!(wants_force(Some("force")));
+        assert!(!wants_force(Some("force=0")));
+        assert!(!wants_force(Some("forced=1")));
+        assert!(!wants_force(None));
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret2"));
+        assert!(!ct_eq(b"", b"x"));
+    }
+}
