@@ -26,7 +26,14 @@ pub struct Account {
     pub tech_prefix: Option<Box<str>>,
     /// Informational only.
     pub currency: Option<Box<str>>,
-    /// SPEC section 7 (live limits); carried, validated, not enforced by the core yet.
+    /// SPEC section 7 limits; boxed because most accounts have none, which keeps the snapshot
+    /// entry small (a million accounts live in memory). Carried, validated, not enforced yet.
+    pub limits: Option<Box<Limits>>,
+}
+
+/// The optional SPEC section 7 fields of an account.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
     pub max_channels: Option<u32>,
     pub max_cps: Option<u32>,
     pub rate_per_min: Option<Decimal>,
@@ -45,11 +52,32 @@ impl Account {
             ips: Vec::new(),
             tech_prefix: None,
             currency: None,
-            max_channels: None,
-            max_cps: None,
-            rate_per_min: None,
-            daily_spend_limit: None,
-            spent_today: None,
+            limits: None,
+        }
+    }
+
+    pub fn max_channels(&self) -> Option<u32> {
+        self.limits.as_ref().and_then(|l| l.max_channels)
+    }
+    pub fn max_cps(&self) -> Option<u32> {
+        self.limits.as_ref().and_then(|l| l.max_cps)
+    }
+    pub fn rate_per_min(&self) -> Option<Decimal> {
+        self.limits.as_ref().and_then(|l| l.rate_per_min)
+    }
+    pub fn daily_spend_limit(&self) -> Option<Decimal> {
+        self.limits.as_ref().and_then(|l| l.daily_spend_limit)
+    }
+    pub fn spent_today(&self) -> Option<Decimal> {
+        self.limits.as_ref().and_then(|l| l.spent_today)
+    }
+
+    /// Sets one limit, allocating the box only when a value is present.
+    fn set_limit<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Limits, Option<T>)) {
+        match (&mut self.limits, v.is_some()) {
+            (Some(l), _) => f(l, v),
+            (None, true) => f(self.limits.get_or_insert_with(Default::default), v),
+            (None, false) => {}
         }
     }
 
@@ -118,23 +146,25 @@ impl Account {
                     acct.currency = (!value.is_empty()).then(|| value.into());
                 }
                 "max_channels" => {
-                    acct.max_channels =
-                        parse_opt_u32(value).map_err(|r| BadField::new("max_channels", r))?
+                    let v = parse_opt_u32(value).map_err(|r| BadField::new("max_channels", r))?;
+                    acct.set_limit(v, |l, v| l.max_channels = v);
                 }
                 "max_cps" => {
-                    acct.max_cps = parse_opt_u32(value).map_err(|r| BadField::new("max_cps", r))?
+                    let v = parse_opt_u32(value).map_err(|r| BadField::new("max_cps", r))?;
+                    acct.set_limit(v, |l, v| l.max_cps = v);
                 }
                 "rate_per_min" => {
-                    acct.rate_per_min =
-                        parse_opt_money(value).map_err(|r| BadField::new("rate_per_min", r))?
+                    let v = parse_opt_money(value).map_err(|r| BadField::new("rate_per_min", r))?;
+                    acct.set_limit(v, |l, v| l.rate_per_min = v);
                 }
                 "daily_spend_limit" => {
-                    acct.daily_spend_limit =
-                        parse_opt_money(value).map_err(|r| BadField::new("daily_spend_limit", r))?
+                    let v = parse_opt_money(value)
+                        .map_err(|r| BadField::new("daily_spend_limit", r))?;
+                    acct.set_limit(v, |l, v| l.daily_spend_limit = v);
                 }
                 "spent_today" => {
-                    acct.spent_today =
-                        parse_opt_money(value).map_err(|r| BadField::new("spent_today", r))?
+                    let v = parse_opt_money(value).map_err(|r| BadField::new("spent_today", r))?;
+                    acct.set_limit(v, |l, v| l.spent_today = v);
                 }
                 _ => {}
             }
@@ -389,6 +419,21 @@ mod tests {
         for (name, enabled, bal, lim, want) in cases {
             assert_eq!(credit_decision(enabled, d(bal), d(lim)), want, "{name}");
         }
+    }
+
+    /// A million accounts live in the snapshot: keep an entry small (it was 184 bytes with the
+    /// section 7 fields inline).
+    #[test]
+    fn account_entry_stays_small() {
+        assert!(
+            std::mem::size_of::<Account>() <= 128,
+            "{}",
+            std::mem::size_of::<Account>()
+        );
+        let a = Account::from_fields("x", [("balance", "1"), ("max_cps", "")]).unwrap();
+        assert!(a.limits.is_none(), "empty optional fields allocate nothing");
+        let b = Account::from_fields("x", [("balance", "1"), ("max_cps", "5")]).unwrap();
+        assert_eq!(b.max_cps(), Some(5));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use ipnet::IpNet;
 use rust_decimal::Decimal;
+use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
 
 use crate::credit::Account;
@@ -36,7 +37,10 @@ pub struct CreditView {
 
 /// The shared snapshot.
 pub struct Snapshot {
-    accounts: DashMap<Arc<str>, Arc<Account>>,
+    /// Account entries stored inline (no second allocation per account), keyed with FxHash:
+    /// ids come from the operator's credit store, and lookups never insert, so hash flooding
+    /// is not a concern and the faster hash halves refresh time for a million accounts.
+    accounts: DashMap<Arc<str>, Account, FxBuildHasher>,
     ip_index: ArcSwap<IpIndex>,
     /// Reference point for `loaded_at_ns`.
     epoch: Instant,
@@ -45,6 +49,14 @@ pub struct Snapshot {
     loaded: AtomicBool,
     /// Generation counter: bumped by every applied full load and single update.
     generation: AtomicU64,
+}
+
+/// How an incoming account compares with the snapshot's entry.
+#[derive(Debug, Clone, Copy)]
+enum Status {
+    New,
+    Same,
+    Changed { routing: bool },
 }
 
 /// Result of applying a full account set.
@@ -70,7 +82,7 @@ impl Snapshot {
     /// load (the daemon passes its start time).
     pub fn new(epoch: Instant) -> Self {
         Snapshot {
-            accounts: DashMap::new(),
+            accounts: DashMap::with_hasher(FxBuildHasher),
             ip_index: ArcSwap::from_pointee(IpIndex::default()),
             epoch,
             loaded_at_ns: AtomicU64::new(0),
@@ -115,8 +127,8 @@ impl Snapshot {
     }
 
     /// The whole entry (admin API, tooling).
-    pub fn account(&self, id: &str) -> Option<Arc<Account>> {
-        self.accounts.get(id).map(|a| Arc::clone(a.value()))
+    pub fn account(&self, id: &str) -> Option<Account> {
+        self.accounts.get(id).map(|a| a.value().clone())
     }
 
     /// Source-IP identification: longest-prefix match, tech prefix disambiguation.
@@ -143,20 +155,28 @@ impl Snapshot {
         max_shrink: f64,
         force: bool,
     ) -> Result<ApplyStats, ShrinkHeld> {
-        let incoming: HashSet<Arc<str>> = accounts.iter().map(|a| Arc::clone(&a.id)).collect();
+        // Pass 1: classify every incoming account against the current entry (one lookup each,
+        // nothing written), which also counts how many known accounts the new set keeps.
         let known = self.accounts.len();
-        let would_remove = if known == 0 {
-            0
-        } else {
-            // Count known ids missing from the new set, without holding any shard across work.
-            let mut n = 0usize;
-            for entry in self.accounts.iter() {
-                if !incoming.contains(entry.key()) {
-                    n += 1;
+        let mut status: Vec<Status> = Vec::with_capacity(accounts.len());
+        let mut kept = 0usize;
+        for acct in &accounts {
+            let st = match self.accounts.get(&*acct.id) {
+                None => Status::New,
+                Some(prev) => {
+                    kept += 1;
+                    if *prev == *acct {
+                        Status::Same
+                    } else {
+                        Status::Changed {
+                            routing: prev.ips != acct.ips || prev.tech_prefix != acct.tech_prefix,
+                        }
+                    }
                 }
-            }
-            n
-        };
+            };
+            status.push(st);
+        }
+        let would_remove = known.saturating_sub(kept);
         if !force
             && self.is_loaded()
             && known > 0
@@ -168,33 +188,36 @@ impl Snapshot {
                 max_shrink,
             });
         }
+        // The new set's ids are only needed when something is to be removed.
+        let incoming: Option<HashSet<Arc<str>, FxBuildHasher>> =
+            (would_remove > 0).then(|| accounts.iter().map(|a| Arc::clone(&a.id)).collect());
+        // Pass 2: write new and changed entries.
         let mut added = 0;
         let mut changed = 0;
         let mut index_dirty = would_remove > 0;
-        for acct in accounts {
-            let prev_routing = self
-                .accounts
-                .get(&acct.id)
-                .map(|p| (p.ips.clone(), p.tech_prefix.clone(), **p == acct));
-            match prev_routing {
-                None => {
+        for (acct, st) in accounts.into_iter().zip(status) {
+            match st {
+                Status::Same => {}
+                Status::New => {
                     added += 1;
                     index_dirty |= !acct.ips.is_empty();
-                    self.accounts.insert(Arc::clone(&acct.id), Arc::new(acct));
+                    self.accounts.insert(Arc::clone(&acct.id), acct);
                 }
-                Some((_, _, true)) => {}
-                Some((ips, tp, false)) => {
+                Status::Changed { routing } => {
                     changed += 1;
-                    index_dirty |= ips != acct.ips || tp != acct.tech_prefix;
-                    self.accounts.insert(Arc::clone(&acct.id), Arc::new(acct));
+                    index_dirty |= routing;
+                    self.accounts.insert(Arc::clone(&acct.id), acct);
                 }
             }
         }
         if index_dirty {
-            self.rebuild_index_excluding(Some(&incoming));
+            match &incoming {
+                Some(set) => self.rebuild_index_excluding(Some(&|k: &str| set.contains(k))),
+                None => self.rebuild_index_excluding(None),
+            }
         }
         let mut removed = 0;
-        if would_remove > 0 {
+        if let Some(incoming) = &incoming {
             self.accounts.retain(|k, _| {
                 let keep = incoming.contains(k);
                 if !keep {
@@ -219,7 +242,7 @@ impl Snapshot {
             Some(prev) => prev.ips != acct.ips || prev.tech_prefix != acct.tech_prefix,
             None => !acct.ips.is_empty(),
         };
-        self.accounts.insert(Arc::clone(&acct.id), Arc::new(acct));
+        self.accounts.insert(Arc::clone(&acct.id), acct);
         if routing_changed {
             self.rebuild_index_excluding(None);
         }
@@ -230,28 +253,19 @@ impl Snapshot {
     pub fn remove(&self, id: &str) -> bool {
         let had_ips = self.accounts.get(id).map(|a| !a.ips.is_empty());
         let Some(had_ips) = had_ips else { return false };
-        let keep: HashSet<Arc<str>> = if had_ips {
-            self.accounts
-                .iter()
-                .filter(|e| &**e.key() != id)
-                .map(|e| Arc::clone(e.key()))
-                .collect()
-        } else {
-            HashSet::new()
-        };
         if had_ips {
-            self.rebuild_index_excluding(Some(&keep));
+            self.rebuild_index_excluding(Some(&|k: &str| k != id));
         }
         self.accounts.remove(id);
         self.generation.fetch_add(1, Ordering::AcqRel);
         true
     }
 
-    /// Rebuilds the IP index from the map, keeping only ids in `keep` when given.
-    fn rebuild_index_excluding(&self, keep: Option<&HashSet<Arc<str>>>) {
+    /// Rebuilds the IP index from the map, keeping only ids for which `keep` says so when given.
+    fn rebuild_index_excluding(&self, keep: Option<&dyn Fn(&str) -> bool>) {
         let mut builder = IpIndexBuilder::default();
         for entry in self.accounts.iter() {
-            if keep.is_some_and(|k| !k.contains(entry.key())) {
+            if keep.is_some_and(|k| !k(entry.key())) {
                 continue;
             }
             let a = entry.value();

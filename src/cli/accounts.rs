@@ -471,14 +471,14 @@ fn account_fields(a: &Account) -> Vec<(&'static str, String)> {
             opt(a.tech_prefix.as_deref().map(str::to_owned)),
         ),
         ("currency", opt(a.currency.as_deref().map(str::to_owned))),
-        ("max_channels", opt(a.max_channels.map(|v| v.to_string()))),
-        ("max_cps", opt(a.max_cps.map(|v| v.to_string()))),
-        ("rate_per_min", opt(a.rate_per_min.map(|v| v.to_string()))),
+        ("max_channels", opt(a.max_channels().map(|v| v.to_string()))),
+        ("max_cps", opt(a.max_cps().map(|v| v.to_string()))),
+        ("rate_per_min", opt(a.rate_per_min().map(|v| v.to_string()))),
         (
             "daily_spend_limit",
-            opt(a.daily_spend_limit.map(|v| v.to_string())),
+            opt(a.daily_spend_limit().map(|v| v.to_string())),
         ),
-        ("spent_today", opt(a.spent_today.map(|v| v.to_string()))),
+        ("spent_today", opt(a.spent_today().map(|v| v.to_string()))),
     ]
 }
 
