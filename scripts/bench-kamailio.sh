@@ -176,9 +176,15 @@ mem_kb() { # $1 = VmRSS|VmHWM|Pss, then PIDs: the sum in KiB
     echo "$t"
 }
 
+sock_drops() { # $1 = IP:PORT: datagrams the kernel dropped at the daemon's socket(s) so far
+    local hex
+    hex=$(echo "$1" | awk -F'[.:]' '{printf "%02X%02X%02X%02X:%04X", $4, $3, $2, $1, $5}')
+    awk -v a="$hex" 'NR > 1 && $2 == a {d += $13} END {print d + 0}' /proc/net/udp
+}
+
 # run DAEMON RATE SECONDS LABEL: one udp_load run; prints the raw line and appends a record.
 run() {
-    local daemon=$1 rate=$2 secs=$3 label=$4 target pids line t0 t1
+    local daemon=$1 rate=$2 secs=$3 label=$4 target pids line t0 t1 d0 d1
     case $daemon in
         kamailio) target=$KAM_ADDR; pids=$KAM_PIDS ;;
         kamailio-qm) target=$KQM_ADDR; pids=$KQM_PIDS ;;
@@ -186,15 +192,16 @@ run() {
     esac
     # shellcheck disable=SC2086
     t0=$(cpu_ticks $pids)
+    d0=$(sock_drops "$target")
     line=$(timeout 120 "$LOAD" --target "$target" --switch "$SWITCH_ADDR" --rate "$rate" \
         --duration "$secs" --accounts "$ACCOUNTS" --prefix acct- --label "$label")
     # shellcheck disable=SC2086
     t1=$(cpu_ticks $pids)
+    d1=$(sock_drops "$target")
     # shellcheck disable=SC2086
-    echo "$line cpu_ticks=$((t1 - t0)) rss_kb=$(mem_kb VmRSS $pids) pss_kb=$(mem_kb Pss $pids)"
-    # shellcheck disable=SC2086
-    echo "$daemon $rate $line cpu_ticks=$((t1 - t0)) rss_kb=$(mem_kb VmRSS $pids) pss_kb=$(mem_kb Pss $pids)" \
-        >>"$WORK/results.txt"
+    line="$line daemon_sock_drops=$((d1 - d0)) cpu_ticks=$((t1 - t0)) rss_kb=$(mem_kb VmRSS $pids) pss_kb=$(mem_kb Pss $pids)"
+    echo "$line"
+    echo "$daemon $rate $line" >>"$WORK/results.txt"
 }
 
 # Warm-up (and check that both answer): 1 s at 1000/s each, not recorded.
@@ -247,43 +254,50 @@ for ln in open(path):
     answered = int(kv["admitted"]) + int(kv["refused"])
     rows.setdefault(int(rate), {}).setdefault(daemon, []).append({
         "p50": float(kv["p50"]), "p99": float(kv["p99"]), "lost": int(kv["lost"]),
+        "drops": int(kv["daemon_sock_drops"]),
         "sent": int(kv["sent"]),
         "cpu": int(kv["cpu_ticks"]) / tck * 1e6 / max(answered, 1),
         "rss": int(kv["rss_kb"]) / 1024, "pss": int(kv["pss_kb"]) / 1024,
     })
 med = lambda xs: statistics.median(xs)
 print("Medians of the repetitions (latency: INVITE sent → INVITE at the switch or refusal at the")
-print("caller; CPU: the daemon's utime+stime during the run / answered calls; memory after the run).")
+print("caller; lost: no answer within 1 s, in brackets how many of those the kernel dropped at the")
+print("daemon's own socket (/proc/net/udp), the rest were dropped in the load tool's sockets or late;")
+print("CPU: the daemon's utime+stime during the run / answered calls; memory after the run).")
 print()
 qm = any("kamailio-qm" in v for v in rows.values())
-head = "| rate (INVITE/s) | measure | creditgate | Kamailio (tlsf) | Kamailio / creditgate |"
-sep = "|---|---|---|---|---|"
+head = "| measure | creditgate | Kamailio (tlsf) | Kamailio / creditgate |"
+sep = "|---|---|---|---|"
 if qm:
     head += " Kamailio default (qm) | qm / creditgate |"
     sep += "---|---|"
-print(head)
-print(sep)
 for rate in sorted(rows):
     c = rows[rate].get("creditgate", [])
     ks = [rows[rate].get("kamailio", [])] + ([rows[rate].get("kamailio-qm", [])] if qm else [])
     if not c or not all(ks):
         continue
+    print(f"**{rate} INVITE/s** ({c[0]['sent']} per run)")
+    print()
+    print(head)
+    print(sep)
     def line(name, key, fmt):
         a = med([r[key] for r in c])
-        out = f"| {rate} | {name} | {fmt.format(a)} |"
+        out = f"| {name} | {fmt.format(a)} |"
         for k in ks:
             b = med([r[key] for r in k])
             out += f" {fmt.format(b)} | {b / a:.2f} |" if a else f" {fmt.format(b)} | – |"
         print(out)
     line("p50 latency", "p50", "{:.0f} µs")
     line("p99 latency", "p99", "{:.0f} µs")
-    out = f"| {rate} | lost of {c[0]['sent']} (per rep) | {'/'.join(str(r['lost']) for r in c)} |"
+    lost = lambda rs: " / ".join(f"{r['lost']}" + (f" ({r['drops']})" if r["drops"] else "") for r in rs)
+    out = f"| lost, each rep (of which at the daemon's socket) | {lost(c)} |"
     for k in ks:
-        out += f" {'/'.join(str(r['lost']) for r in k)} | |"
+        out += f" {lost(k)} | |"
     print(out)
     line("CPU per answered call", "cpu", "{:.1f} µs")
     line("RSS (sum of processes)", "rss", "{:.1f} MiB")
     line("PSS (sum of processes)", "pss", "{:.1f} MiB")
+    print()
 EOF
 echo
 echo "Memory after warm-up: $MEM_START. Peak at the end: $HWM."
@@ -291,5 +305,5 @@ echo
 echo "Raw lines:"
 echo
 echo '```'
-sed 's/^[a-z]* [0-9]* //' "$WORK/results.txt"
+sed 's/^[a-z-]* [0-9]* //' "$WORK/results.txt"
 echo '```'
