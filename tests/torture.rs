@@ -9,8 +9,9 @@
 //!   re-scan cleanly or that the core itself would call malformed, no caller identity but the
 //!   real one credit-checked, and per-group rules where the RFC leaves no room.
 //! * [`fuzz_regressions`] — inputs the fuzzer (`fuzz/`, targets `core` and `dialog`) flagged;
-//!   [`forwarded_header_count_stays_scannable`] (ignored) — the one that is a core bug,
-//!   reported, to enable once fixed.
+//!   [`forwarded_header_count_stays_scannable`] and
+//!   [`forwarded_route_set_is_valid_all_the_way_down`] — the two that were core findings
+//!   (fixed: room kept for creditgate's own header lines, every Route value validated).
 //! * [`torture_over_udp`] — both suites sent to the daemon over UDP, each datagram fenced by an
 //!   OPTIONS ping from the same socket, so what arrives before the ping's 200 is the answer to
 //!   that datagram. Every reply and every forwarded datagram must be byte for byte what the core
@@ -663,14 +664,12 @@ fn fuzz_regressions() {
     }
 }
 
-/// Core bug reported to the lead (src/core/proxy.rs, found by the fuzzer, crash-303288d6): a
-/// request of exactly `scan::MAX_HEADERS` header lines scans without defect and is forwarded
-/// with creditgate's Via added (and Max-Forwards / Record-Route when it inserts them), so the
-/// forwarded request has more header lines than creditgate's own scanner keeps: creditgate
-/// itself would answer it "400 Too many header lines". Expected: refuse such a request (400)
-/// or forward only what re-scans cleanly. Un-ignore once the core reserves the room.
+/// Fuzzer finding (src/core/proxy.rs, crash-303288d6), fixed: a request of exactly
+/// `scan::MAX_HEADERS` header lines scans without defect, and forwarding it with creditgate's
+/// Via (and Max-Forwards / Record-Route) added would give the next hop more header lines than
+/// creditgate's own scanner keeps. The core now answers such a request "400 Too many header
+/// lines" instead of forwarding it.
 #[test]
-#[ignore = "core bug reported to the lead: forwarded request exceeds scan::MAX_HEADERS"]
 fn forwarded_header_count_stays_scannable() {
     let w = World::new(CORE_ONLY_PORT, SWITCH);
     let caller = SocketAddr::new(LOCALHOST, 40000);
@@ -685,6 +684,35 @@ fn forwarded_header_count_stays_scannable() {
     assert_eq!(scan::scan(&m).unwrap().headers.len(), scan::MAX_HEADERS);
     let o = w.run(&m, caller);
     invariants(&w, &m, &o).unwrap();
+}
+
+/// Fuzzer finding (src/core/proxy.rs `RouteInfo::read`, crash-16e5c33f), fixed: only the
+/// first two Route values were parsed as URIs (ours and the next hop), so a request whose third
+/// value the grammar rejects was forwarded, and a hop applying the same rules after popping its
+/// own Route answered "400 Malformed Route". Now every Route value is validated, and IPv4 octets
+/// with leading zeros (`063.0.0.1`: RFC 3261 25.1 allows 1*3DIGIT, Rust's `Ipv4Addr` does not)
+/// parse, so that request is forwarded and one with a really bad third value is refused.
+#[test]
+fn forwarded_route_set_is_valid_all_the_way_down() {
+    let w = World::new(CORE_ONLY_PORT, SWITCH);
+    let me = w.local();
+    let m = format!(
+        "MESSAGE sip:kumi@example.org SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-r\r\n\
+         Route: <sip:{me};lr>\r\nRoute: <sip:{me};lr>\r\nRoute: <sip:063.0.0.1:5060;lr>\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:kumi@example.org>\r\n\
+         Call-ID: r1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let o = w.run(m.as_bytes(), SocketAddr::new(LOCALHOST, 40000));
+    assert!(matches!(o.event, Event::Passed(_)), "{:?}", o.event);
+    invariants(&w, m.as_bytes(), &o).unwrap();
+
+    let bad = m.replace("063.0.0.1", "999.0.0.1");
+    let o = w.run(bad.as_bytes(), SocketAddr::new(LOCALHOST, 40000));
+    assert_eq!(
+        o.event,
+        Event::Answered(Answer::BadRequest("Malformed Route")),
+        "a Route value below the next hop's is validated too"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -169,6 +169,22 @@ fn parse_v6(t: &[u8]) -> Option<Ipv6Addr> {
         .ok()
 }
 
+/// `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT` (RFC 3261 25.1), each part at
+/// most 255. Leading zeros are allowed and decimal (`063` is 63), unlike Rust's strict parser.
+fn parse_v4(t: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = t.split(|b| *b == b'.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let v = p.iter().fold(0u16, |a, d| a * 10 + u16::from(d - b'0'));
+        *o = u8::try_from(v).ok()?;
+    }
+    parts.next().is_none().then(|| Ipv4Addr::from(octets))
+}
+
 /// Parses `host [":" port]` at the cursor.
 fn host_port(c: &mut Cur<'_>) -> Option<(Range<usize>, Host, Option<u16>)> {
     let hs = c.pos;
@@ -185,8 +201,7 @@ fn host_port(c: &mut Cur<'_>) -> Option<(Range<usize>, Host, Option<u16>)> {
         }
         let txt = &c.buf[r.clone()];
         if txt.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
-            let s = std::str::from_utf8(txt).ok()?;
-            Host::Ip(IpAddr::V4(s.parse::<Ipv4Addr>().ok()?))
+            Host::Ip(IpAddr::V4(parse_v4(txt)?))
         } else {
             // hostname: labels of alnum/'-', the last label starting with a letter.
             if txt.starts_with(b".") || txt.starts_with(b"-") || txt.windows(2).any(|w| w == b"..")
@@ -728,6 +743,20 @@ mod tests {
         assert_eq!(parse_uri(u, all(u)).unwrap().scheme, Scheme::Other);
         let u = b"tel:+1-555;phone-context=x";
         assert_eq!(&u[parse_uri(u, all(u)).unwrap().user.unwrap()], b"+1-555");
+    }
+
+    #[test]
+    fn ipv4_with_leading_zeros() {
+        assert_eq!(parse_v4(b"063.0.0.001"), Some(Ipv4Addr::new(63, 0, 0, 1)));
+        for bad in [
+            &b"256.0.0.1"[..],
+            b"1.2.3",
+            b"1.2.3.4.5",
+            b"1..2.3",
+            b"0001.2.3.4",
+        ] {
+            assert_eq!(parse_v4(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -574,6 +574,22 @@ fn handle_request<'a>(
         return Outcome::drop(DropReason::NoEgress);
     };
 
+    // creditgate adds at most three header lines (Via, Max-Forwards, Record-Route); what it
+    // forwards must stay within what it accepts itself.
+    if msg.headers.len() + 3 > scan::MAX_HEADERS {
+        return if is_ack {
+            Outcome::drop(DropReason::AckRejected)
+        } else {
+            answer(
+                &req,
+                pkt,
+                policy,
+                Answer::BadRequest(scan::Defect::TooManyHeaders.as_str()),
+                &[],
+            )
+        };
+    }
+
     // Build the forwarded request.
     let mut e = Edits::new();
     let insert_at = tv.first_line.start;
@@ -734,14 +750,21 @@ impl<'a> RouteInfo<'a> {
         let mut total = 0usize;
         for h in header(msg, Hdr::Route) {
             let mut in_line = 0usize;
+            let mut bad_uri = false;
             for_each_name_addr(buf, h.value.clone(), |na| {
                 total += 1;
                 in_line += 1;
+                // Every Route value must be a URI the next hop can use, not only the ones
+                // creditgate reads itself.
+                bad_uri = parse_uri(buf, na.uri.clone()).is_err();
                 if values.len() < 3 {
                     values.push((na, h.line.clone(), false));
                 }
-                true
+                !bad_uri
             })?;
+            if bad_uri {
+                return Err(grammar::GrammarError::Uri);
+            }
             if in_line == 1 {
                 if let Some(last) = values.iter_mut().rev().find(|v| v.1 == h.line) {
                     last.2 = true;

@@ -291,6 +291,13 @@ impl CreditgateCollector {
         )?;
         counter(
             enc,
+            "creditgate_flood_drops",
+            "Datagrams dropped by the per-source packet rate limit ([sip] source_pps_limit) before parsing.",
+            None,
+            c.flood_dropped.get(),
+        )?;
+        counter(
+            enc,
             "creditgate_send_errors",
             "Datagrams the kernel refused to send (send_to failed).",
             None,
