@@ -5,15 +5,21 @@
 //! `ArcSwap`. Sources (file, Redis) produce whole account sets or single accounts and hand them to
 //! [`Snapshot::apply_full`] / [`Snapshot::upsert`] / [`Snapshot::remove`]; the SIP core only reads.
 //!
-//! Update order keeps every known account visible at every instant: new and changed entries are
-//! written first, then the IP index is swapped, then vanished accounts are removed.
+//! A full refresh is applied as it is read ([`Snapshot::begin_full`], [`FullRefresh::feed`] per
+//! account, [`FullRefresh::finish`]), so memory stays at the snapshot plus one read batch however
+//! large the account set: new and changed entries are written as they arrive, every entry the
+//! refresh meets is marked, and at the end the IP index is swapped and the unmarked entries
+//! (vanished accounts) are removed. Every known account stays visible at every instant. The
+//! `max_shrink` guard holds back only the removals: a record that is present is the credit
+//! store's current truth (a push update would apply it at once too), while a record that is
+//! missing may be missing because the store was emptied or half-loaded.
 //!
 //! Time is an input: the snapshot stores when it was last loaded as an `Instant` given by the
 //! caller, and age questions take `now` as an argument.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +43,13 @@ pub struct CreditView {
 
 /// The shared snapshot.
 pub struct Snapshot {
-    /// Account entries stored inline (no second allocation per account), keyed with FxHash:
-    /// ids come from the operator's credit store, and lookups never insert, so hash flooding
-    /// is not a concern and the faster hash halves refresh time for a million accounts.
-    accounts: DashMap<Arc<str>, Account, FxBuildHasher>,
+    /// Account entries keyed with FxHash: ids come from the operator's credit store, and
+    /// lookups never insert, so hash flooding is not a concern and the faster hash halves
+    /// refresh time for a million accounts.
+    accounts: DashMap<Arc<str>, Slot, FxBuildHasher>,
+    /// The mark of the full refresh in progress (or of the last one): entries a refresh meets
+    /// carry it, the others are the vanished accounts it removes.
+    mark: AtomicU32,
     ip_index: ArcSwap<IpIndex>,
     /// Reference point for `loaded_at_ns`.
     epoch: Instant,
@@ -49,6 +58,24 @@ pub struct Snapshot {
     loaded: AtomicBool,
     /// Generation counter: bumped by every applied full load and single update.
     generation: AtomicU64,
+}
+
+/// One map entry. The account is boxed: a hash table has room for up to twice as many
+/// entries as it holds (it grows by doubling), so inline 120-byte accounts would leave up to
+/// half of a large table's memory empty; boxed, an empty bucket costs 32 bytes.
+struct Slot {
+    acct: Box<Account>,
+    /// The mark of the last full refresh that met this account (see [`Snapshot::mark`]).
+    mark: AtomicU32,
+}
+
+impl Slot {
+    fn new(acct: Account, mark: u32) -> Self {
+        Slot {
+            acct: Box::new(acct),
+            mark: AtomicU32::new(mark),
+        }
+    }
 }
 
 /// How an incoming account compares with the snapshot's entry.
@@ -83,6 +110,7 @@ impl Snapshot {
     pub fn new(epoch: Instant) -> Self {
         Snapshot {
             accounts: DashMap::with_hasher(FxBuildHasher),
+            mark: AtomicU32::new(0),
             ip_index: ArcSwap::from_pointee(IpIndex::default()),
             epoch,
             loaded_at_ns: AtomicU64::new(0),
@@ -119,16 +147,16 @@ impl Snapshot {
 
     /// The credit fields of an account, copied out.
     pub fn credit(&self, id: &str) -> Option<CreditView> {
-        self.accounts.get(id).map(|a| CreditView {
-            enabled: a.enabled,
-            balance: a.balance,
-            debit_limit: a.debit_limit,
+        self.accounts.get(id).map(|s| CreditView {
+            enabled: s.acct.enabled,
+            balance: s.acct.balance,
+            debit_limit: s.acct.debit_limit,
         })
     }
 
     /// The whole entry (admin API, tooling).
     pub fn account(&self, id: &str) -> Option<Account> {
-        self.accounts.get(id).map(|a| a.value().clone())
+        self.accounts.get(id).map(|s| Account::clone(&s.acct))
     }
 
     /// Source-IP identification: longest-prefix match, tech prefix disambiguation.
@@ -145,9 +173,8 @@ impl Snapshot {
         self.loaded.store(true, Ordering::Release);
     }
 
-    /// Applies a complete account set (a full refresh). Unless `force`, a set that would remove
-    /// more than `max_shrink` of the known accounts is refused with [`ShrinkHeld`] and nothing
-    /// changes. Admissions continue throughout.
+    /// Applies a complete account set (a full refresh) in one call: [`Snapshot::begin_full`],
+    /// [`FullRefresh::feed`] for each account, [`FullRefresh::finish`].
     pub fn apply_full(
         &self,
         accounts: Vec<Account>,
@@ -155,94 +182,38 @@ impl Snapshot {
         max_shrink: f64,
         force: bool,
     ) -> Result<ApplyStats, ShrinkHeld> {
-        // Pass 1: classify every incoming account against the current entry (one lookup each,
-        // nothing written), which also counts how many known accounts the new set keeps.
-        let known = self.accounts.len();
-        let mut status: Vec<Status> = Vec::with_capacity(accounts.len());
-        let mut kept = 0usize;
-        for acct in &accounts {
-            let st = match self.accounts.get(&*acct.id) {
-                None => Status::New,
-                Some(prev) => {
-                    kept += 1;
-                    if *prev == *acct {
-                        Status::Same
-                    } else {
-                        Status::Changed {
-                            routing: prev.ips != acct.ips || prev.tech_prefix != acct.tech_prefix,
-                        }
-                    }
-                }
-            };
-            status.push(st);
+        let mut full = self.begin_full();
+        for acct in accounts {
+            full.feed(acct);
         }
-        let would_remove = known.saturating_sub(kept);
-        if !force
-            && self.is_loaded()
-            && known > 0
-            && (would_remove as f64) > max_shrink * (known as f64)
-        {
-            return Err(ShrinkHeld {
-                would_remove,
-                known,
-                max_shrink,
-            });
+        full.finish(now, max_shrink, force)
+    }
+
+    /// Starts a full refresh. One runs at a time (the daemon's refresh task serialises them); a
+    /// refresh dropped without [`FullRefresh::finish`] (the source failed half-way) leaves what
+    /// it wrote, removes nothing and does not count as a load.
+    pub fn begin_full(&self) -> FullRefresh<'_> {
+        let mark = self.mark.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        FullRefresh {
+            snap: self,
+            mark,
+            known: self.accounts.len(),
+            added: 0,
+            changed: 0,
+            index_dirty: false,
         }
-        // The new set's ids are only needed when something is to be removed.
-        let incoming: Option<HashSet<Arc<str>, FxBuildHasher>> =
-            (would_remove > 0).then(|| accounts.iter().map(|a| Arc::clone(&a.id)).collect());
-        // Pass 2: write new and changed entries.
-        let mut added = 0;
-        let mut changed = 0;
-        let mut index_dirty = would_remove > 0;
-        for (acct, st) in accounts.into_iter().zip(status) {
-            match st {
-                Status::Same => {}
-                Status::New => {
-                    added += 1;
-                    index_dirty |= !acct.ips.is_empty();
-                    self.accounts.insert(Arc::clone(&acct.id), acct);
-                }
-                Status::Changed { routing } => {
-                    changed += 1;
-                    index_dirty |= routing;
-                    self.accounts.insert(Arc::clone(&acct.id), acct);
-                }
-            }
-        }
-        if index_dirty {
-            match &incoming {
-                Some(set) => self.rebuild_index_excluding(Some(&|k: &str| set.contains(k))),
-                None => self.rebuild_index_excluding(None),
-            }
-        }
-        let mut removed = 0;
-        if let Some(incoming) = &incoming {
-            self.accounts.retain(|k, _| {
-                let keep = incoming.contains(k);
-                if !keep {
-                    removed += 1;
-                }
-                keep
-            });
-        }
-        self.touch(now);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(ApplyStats {
-            total: self.accounts.len(),
-            added,
-            changed,
-            removed,
-        })
     }
 
     /// Inserts or replaces one account (a push update).
     pub fn upsert(&self, acct: Account) {
         let routing_changed = match self.accounts.get(&acct.id) {
-            Some(prev) => prev.ips != acct.ips || prev.tech_prefix != acct.tech_prefix,
+            Some(prev) => routing_differs(&prev.acct, &acct),
             None => !acct.ips.is_empty(),
         };
-        self.accounts.insert(Arc::clone(&acct.id), acct);
+        // A full refresh in progress counts it as met: the store has it now.
+        let mark = self.mark.load(Ordering::Acquire);
+        self.accounts
+            .insert(Arc::clone(&acct.id), Slot::new(acct, mark));
         if routing_changed {
             self.rebuild_index_excluding(None);
         }
@@ -251,29 +222,133 @@ impl Snapshot {
 
     /// Removes one account (a push update for a deleted record). Returns whether it existed.
     pub fn remove(&self, id: &str) -> bool {
-        let had_ips = self.accounts.get(id).map(|a| !a.ips.is_empty());
+        let had_ips = self.accounts.get(id).map(|s| !s.acct.ips.is_empty());
         let Some(had_ips) = had_ips else { return false };
         if had_ips {
-            self.rebuild_index_excluding(Some(&|k: &str| k != id));
+            self.rebuild_index_excluding(Some(&|k: &str, _: &Slot| k != id));
         }
         self.accounts.remove(id);
         self.generation.fetch_add(1, Ordering::AcqRel);
         true
     }
 
-    /// Rebuilds the IP index from the map, keeping only ids for which `keep` says so when given.
-    fn rebuild_index_excluding(&self, keep: Option<&dyn Fn(&str) -> bool>) {
+    /// Rebuilds the IP index from the map, keeping only entries for which `keep` says so when
+    /// given (it must not touch the map: the iteration holds a shard lock).
+    fn rebuild_index_excluding(&self, keep: Option<&KeepFn<'_>>) {
         let mut builder = IpIndexBuilder::default();
         for entry in self.accounts.iter() {
-            if keep.is_some_and(|k| !k(entry.key())) {
+            if keep.is_some_and(|k| !k(entry.key(), entry.value())) {
                 continue;
             }
-            let a = entry.value();
+            let a = &entry.value().acct;
             for net in &a.ips {
                 builder.add(*net, Arc::clone(&a.id), a.tech_prefix.clone());
             }
         }
         self.ip_index.store(Arc::new(builder.build()));
+    }
+}
+
+/// Which entries an IP index rebuild keeps.
+type KeepFn<'a> = dyn Fn(&str, &Slot) -> bool + 'a;
+
+fn routing_differs(a: &Account, b: &Account) -> bool {
+    a.ips != b.ips || a.tech_prefix != b.tech_prefix
+}
+
+/// A full refresh being applied (see the module header). Borrowing the snapshot, it is driven
+/// by the source that reads the accounts.
+pub struct FullRefresh<'s> {
+    snap: &'s Snapshot,
+    mark: u32,
+    /// Accounts in the snapshot when the refresh began.
+    known: usize,
+    added: usize,
+    changed: usize,
+    /// Whether the IP index must be rebuilt (an account's `ips` or tech prefix changed).
+    index_dirty: bool,
+}
+
+impl FullRefresh<'_> {
+    /// Applies one account of the new set: new and changed entries are written at once, an
+    /// unchanged one is only marked. An id met twice (SCAN may repeat keys) is harmless.
+    pub fn feed(&mut self, acct: Account) {
+        let st = match self.snap.accounts.get(&*acct.id) {
+            None => Status::New,
+            Some(prev) => {
+                prev.mark.store(self.mark, Ordering::Release);
+                if *prev.acct == acct {
+                    Status::Same
+                } else {
+                    Status::Changed {
+                        routing: routing_differs(&prev.acct, &acct),
+                    }
+                }
+            }
+        };
+        match st {
+            Status::Same => {}
+            Status::New => {
+                self.added += 1;
+                self.index_dirty |= !acct.ips.is_empty();
+                self.snap
+                    .accounts
+                    .insert(Arc::clone(&acct.id), Slot::new(acct, self.mark));
+            }
+            Status::Changed { routing } => {
+                self.changed += 1;
+                self.index_dirty |= routing;
+                self.snap
+                    .accounts
+                    .insert(Arc::clone(&acct.id), Slot::new(acct, self.mark));
+            }
+        }
+    }
+
+    /// Ends the refresh: swaps in the IP index and removes the accounts the refresh did not
+    /// meet. Unless `force`, removing more than `max_shrink` of the accounts known when it
+    /// began is refused with [`ShrinkHeld`]: the written entries stay, nothing is removed, and
+    /// the snapshot's age is not reset (the operator confirms with a forced refresh).
+    pub fn finish(
+        self,
+        now: Instant,
+        max_shrink: f64,
+        force: bool,
+    ) -> Result<ApplyStats, ShrinkHeld> {
+        let snap = self.snap;
+        let mark = self.mark;
+        let met = |s: &Slot| s.mark.load(Ordering::Acquire) == mark;
+        let would_remove = snap.accounts.iter().filter(|e| !met(e.value())).count();
+        let known = self.known;
+        let held = !force
+            && snap.is_loaded()
+            && known > 0
+            && (would_remove as f64) > max_shrink * (known as f64);
+        if held || would_remove == 0 {
+            if self.index_dirty {
+                snap.rebuild_index_excluding(None);
+            }
+            snap.generation.fetch_add(1, Ordering::AcqRel);
+            if held {
+                return Err(ShrinkHeld {
+                    would_remove,
+                    known,
+                    max_shrink,
+                });
+            }
+        } else {
+            // Index first (without the vanished accounts), then the entries themselves.
+            snap.rebuild_index_excluding(Some(&|_: &str, s: &Slot| met(s)));
+            snap.accounts.retain(|_, s| met(s));
+            snap.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        snap.touch(now);
+        Ok(ApplyStats {
+            total: snap.accounts.len(),
+            added: self.added,
+            changed: self.changed,
+            removed: would_remove,
+        })
     }
 }
 
@@ -517,5 +592,58 @@ mod tests {
             .unwrap();
         assert_eq!(st.changed, 1);
         assert_eq!(s.credit("x").unwrap().balance, Decimal::ZERO);
+    }
+
+    #[test]
+    fn full_refresh_streams_and_the_guard_holds_only_removals() {
+        let t0 = Instant::now();
+        let s = Snapshot::new(t0);
+        let set: Vec<Account> = (0..10)
+            .map(|i| acct(&format!("a{i}"), "5", &format!("10.0.0.{i}"), None))
+            .collect();
+        s.apply_full(set.clone(), t0, 0.5, false).unwrap();
+        let later = t0 + Duration::from_secs(60);
+
+        // A refresh abandoned half-way (the source failed): what it wrote stays, nothing is
+        // removed, the age is not reset.
+        let mut full = s.begin_full();
+        full.feed(acct("a0", "0", "10.0.0.0", None));
+        full.feed(acct("new", "1", "10.9.9.9", None));
+        let _abandoned = full;
+        assert_eq!(s.credit("a0").unwrap().balance, Decimal::ZERO);
+        assert_eq!(s.len(), 11);
+        assert_eq!(s.age(later), Some(Duration::from_secs(60)));
+
+        // Only 3 of 11 met: the 8 removals are held, the changes of the 3 apply (and the new
+        // account's address is found), the age is not reset.
+        let mut full = s.begin_full();
+        full.feed(acct("a1", "7", "10.0.0.1", None));
+        full.feed(acct("a2", "5", "10.0.0.2", None));
+        full.feed(acct("b", "2", "10.0.1.1", None));
+        let held = full.finish(later, 0.5, false).unwrap_err();
+        assert_eq!((held.would_remove, held.known), (9, 11));
+        assert_eq!(s.len(), 12);
+        assert_eq!(s.credit("a1").unwrap().balance, Decimal::from(7));
+        assert_eq!(
+            s.lookup_ip("10.0.1.1".parse().unwrap(), b"").as_deref(),
+            Some("b")
+        );
+        assert_eq!(s.age(later), Some(Duration::from_secs(60)));
+
+        // A push update during a refresh counts as met; the unmet rest is removed when within
+        // max_shrink, from the map and from the IP index.
+        let mut full = s.begin_full();
+        for a in &set[..8] {
+            full.feed(a.clone());
+        }
+        s.upsert(acct("b", "3", "10.0.1.1", None));
+        full.feed(acct("a0", "5", "10.0.0.0", None)); // fed twice (SCAN repeats keys)
+        let st = full.finish(later, 0.5, false).unwrap();
+        assert_eq!((st.total, st.removed), (9, 3));
+        assert!(s.credit("new").is_none() && s.credit("a9").is_none());
+        assert_eq!(s.credit("b").unwrap().balance, Decimal::from(3));
+        assert_eq!(s.lookup_ip("10.9.9.9".parse().unwrap(), b""), None);
+        assert_eq!(s.lookup_ip("10.0.0.9".parse().unwrap(), b""), None);
+        assert_eq!(s.age(later), Some(Duration::ZERO));
     }
 }

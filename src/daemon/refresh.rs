@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::events::Counter;
 use super::Shared;
 use crate::config::{Config, SourceKind};
-use crate::snapshot::ShrinkHeld;
+use crate::snapshot::{ShrinkHeld, Snapshot};
 use crate::source::file::FileSource;
 use crate::source::redis::RedisSource;
-use crate::source::{LoadReport, SourceError};
+use crate::source::{Refreshed, SourceError};
 
 /// First retry delay after a failed load (then doubling up to `refresh_interval`).
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -32,10 +32,41 @@ pub enum Source {
 }
 
 impl Source {
-    async fn load(&self) -> Result<LoadReport, SourceError> {
+    /// Reads the whole source and applies it to `snapshot`.
+    async fn refresh(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        max_shrink: f64,
+        force: bool,
+    ) -> Result<Refreshed, SourceError> {
         match self {
-            Source::File(f) => f.load().await,
-            Source::Redis(r) => r.load().await,
+            Source::File(f) => {
+                let report = f.load().await?;
+                // Applying a large file takes a while: do it off the runtime threads that serve
+                // SIP (a long synchronous call there stalls packets queued behind it), on a
+                // short-lived thread at background priority.
+                let snap = Arc::clone(snapshot);
+                let accounts = report.accounts;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("creditgate-apply".into())
+                    .spawn(move || {
+                        crate::source::redis::lower_thread_priority();
+                        let _ =
+                            tx.send(snap.apply_full(accounts, Instant::now(), max_shrink, force));
+                    })
+                    .map_err(|e| {
+                        SourceError::Store(format!("cannot start the snapshot update thread: {e}"))
+                    })?;
+                let applied = rx
+                    .await
+                    .map_err(|_| SourceError::Store("the snapshot update thread failed".into()))?;
+                Ok(Refreshed {
+                    applied,
+                    bad: report.bad,
+                })
+            }
+            Source::Redis(r) => r.refresh(snapshot, max_shrink, force).await,
             Source::Unavailable(why) => Err(SourceError::Store(why.clone())),
         }
     }
@@ -175,51 +206,28 @@ impl Refresher {
     pub async fn refresh_once(&self, force: bool) -> bool {
         let _guard = self.inner.running.lock().await;
         let t0 = Instant::now();
-        let report = match self.inner.source.load().await {
+        let snap = &self.inner.shared.snapshot;
+        let refreshed = self
+            .inner
+            .source
+            .refresh(snap, self.inner.max_shrink, force)
+            .await;
+        let Refreshed { applied, bad } = match refreshed {
             Ok(r) => r,
             Err(e) => {
                 let stats = &self.inner.stats;
                 stats.took(t0);
                 stats.failed.inc();
                 stats.set_error(Some(e.to_string()));
-                let snap = &self.inner.shared.snapshot;
                 tracing::warn!(error = %e, loaded = snap.is_loaded(), accounts = snap.len(), "refresh failed; keeping the last snapshot");
                 return false;
             }
         };
-        for bad in &report.bad {
+        for bad in &bad {
             tracing::warn!(account = %bad.id, field = %bad.field, reason = %bad.reason, "skipping bad account record");
         }
-        let n_bad = report.bad.len();
+        let n_bad = bad.len();
         self.inner.stats.bad_records.add(n_bad as u64);
-        let snap = &self.inner.shared.snapshot;
-        // Applying a million accounts takes a CPU-second or two: do it off the runtime threads
-        // that serve SIP (a long synchronous call there stalls packets queued behind it), on a
-        // short-lived thread at background priority.
-        let applied = {
-            let snap = Arc::clone(snap);
-            let (max_shrink, accounts) = (self.inner.max_shrink, report.accounts);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let spawned = std::thread::Builder::new()
-                .name("creditgate-apply".into())
-                .spawn(move || {
-                    crate::source::redis::lower_thread_priority();
-                    let _ = tx.send(snap.apply_full(accounts, Instant::now(), max_shrink, force));
-                });
-            match spawned {
-                Ok(_) => rx.await,
-                Err(e) => {
-                    self.inner.stats.failed.inc();
-                    tracing::error!(error = %e, "cannot start the snapshot update thread");
-                    return false;
-                }
-            }
-        };
-        let Ok(applied) = applied else {
-            self.inner.stats.failed.inc();
-            tracing::error!("the snapshot update task failed; keeping the last snapshot");
-            return false;
-        };
         match applied {
             Ok(st) => {
                 let stats = &self.inner.stats;

@@ -1,12 +1,15 @@
-//! Credit sources: where account records come from. Each source produces a [`LoadReport`] (the
-//! good accounts plus the records it had to skip, with the field at fault); the daemon's refresh
-//! task hands the accounts to [`crate::snapshot::Snapshot::apply_full`]. Sources know nothing of
-//! SIP, and the SIP core knows nothing of sources.
+//! Credit sources: where account records come from. The file source produces a [`LoadReport`]
+//! (the good accounts plus the records it had to skip, with the field at fault) that the
+//! daemon's refresh task hands to [`crate::snapshot::Snapshot::apply_full`]; the Redis source,
+//! built for millions of accounts, applies each batch as it reads it
+//! ([`crate::snapshot::Snapshot::begin_full`]) and reports a [`Refreshed`]. Sources know nothing
+//! of SIP, and the SIP core knows nothing of sources.
 
 pub mod file;
 pub mod redis;
 
 use crate::credit::Account;
+use crate::snapshot::{ApplyStats, ShrinkHeld};
 
 /// One record that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +34,15 @@ impl std::fmt::Display for BadRecord {
 #[derive(Debug, Default)]
 pub struct LoadReport {
     pub accounts: Vec<Account>,
+    pub bad: Vec<BadRecord>,
+}
+
+/// The result of a full refresh that read its whole source and applied it.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// Applied, or held back by the `max_shrink` guard.
+    pub applied: Result<ApplyStats, ShrinkHeld>,
+    /// Records left out for a bad field.
     pub bad: Vec<BadRecord>,
 }
 

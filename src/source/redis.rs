@@ -4,10 +4,12 @@
 //! [`Account::from_fields`] (`balance`, `debit_limit`, `enabled`, `ips`, ...), money as decimal
 //! strings. A billing system changes a hash and `PUBLISH`es the account id on `{prefix}updates`.
 //!
-//! * [`RedisSource::load`]: a full load, `SCAN MATCH {prefix}account:* COUNT 1000` plus
-//!   pipelined `HGETALL` in batches, several batches in flight. A bad record is reported in
-//!   [`LoadReport::bad`] and left out; the rest loads. Any Redis error fails the whole load
-//!   ([`SourceError::Store`]): the caller keeps the last snapshot.
+//! * [`RedisSource::refresh`]: a full refresh, `SCAN MATCH {prefix}account:* COUNT 1000` plus
+//!   pipelined `HGETALL` in batches, several batches in flight, each batch applied to the
+//!   snapshot as it is parsed ([`Snapshot::begin_full`]: memory stays at the snapshot plus a few
+//!   batches). A bad record is reported in [`Refreshed::bad`] and left out; the rest loads. A
+//!   Redis error fails the refresh ([`SourceError::Store`]): what was read stays applied,
+//!   nothing is removed and the snapshot's age is not reset.
 //! * [`RedisSource::load_one`]: one account (push updates, tooling).
 //! * [`RedisSource::spawn_updates`]: the push-update task. It subscribes to `{prefix}updates`,
 //!   re-reads each published account at once and applies it to the snapshot, and resubscribes by
@@ -33,9 +35,9 @@ use redis::{Client, RedisError, RedisResult, Value};
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
-use super::{BadRecord, LoadReport, SourceError};
+use super::{BadRecord, Refreshed, SourceError};
 use crate::credit::{valid_account_id, Account};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{FullRefresh, Snapshot};
 
 /// `COUNT` hint of each `SCAN` step: large enough that 1M keys take ~1000 round trips, small
 /// enough that one step never blocks Redis for more than a millisecond or so.
@@ -44,9 +46,6 @@ pub const SCAN_COUNT: usize = 1000;
 pub const READ_BATCH: usize = 1000;
 /// Read batches in flight during a full load (about 400 KB of replies buffered at most).
 const READ_AHEAD: usize = 4;
-/// Largest account count the load pre-sizes its vector for (DBSIZE counts every key of the
-/// database; the reservation is virtual memory until used, and never more than ~1 GB).
-const MAX_PRESIZE: usize = 5_000_000;
 /// Time allowed to open a TCP connection to Redis (and for a subscription to be confirmed). A
 /// local or same-datacentre Redis answers in milliseconds; past this it counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -309,31 +308,49 @@ impl RedisSource {
         &self.prefix
     }
 
-    /// A full load. Retried once after a short pause when the first attempt fails (a
-    /// reconnecting connection manager fails its first command).
-    pub async fn load(self: &Arc<Self>) -> Result<LoadReport, SourceError> {
+    /// A full refresh of `snapshot` (see the module header and [`FullRefresh::finish`] for
+    /// `max_shrink` and `force`). Retried once after a short pause when the first attempt fails
+    /// (a reconnecting connection manager fails its first command).
+    pub async fn refresh(
+        self: &Arc<Self>,
+        snapshot: &Arc<Snapshot>,
+        max_shrink: f64,
+        force: bool,
+    ) -> Result<Refreshed, SourceError> {
         let me = Arc::clone(self);
+        let snapshot = Arc::clone(snapshot);
         self.runtime
             .handle
-            .spawn(async move { me.load_here().await })
+            .spawn(async move { me.refresh_here(&snapshot, max_shrink, force).await })
             .await
             .map_err(|e| SourceError::Store(format!("redis load task: {e}")))?
     }
 
-    /// [`RedisSource::load`] on the calling runtime.
-    async fn load_here(&self) -> Result<LoadReport, SourceError> {
+    /// [`RedisSource::refresh`] on the calling runtime.
+    async fn refresh_here(
+        &self,
+        snapshot: &Snapshot,
+        max_shrink: f64,
+        force: bool,
+    ) -> Result<Refreshed, SourceError> {
         self.set_pushed_tracking(true);
-        let mut result = self.load_attempt().await;
+        let mut result = self.load_attempt(snapshot.begin_full()).await;
         if let Err(e) = &result {
             tracing::debug!(error = %e, "redis full load failed; retrying once");
             tokio::time::sleep(LOAD_RETRY_DELAY).await;
-            result = self.load_attempt().await;
+            result = self.load_attempt(snapshot.begin_full()).await;
         }
-        if result.is_err() {
-            self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
-            self.set_pushed_tracking(false);
+        match result {
+            Ok((full, bad)) => Ok(Refreshed {
+                applied: full.finish(Instant::now(), max_shrink, force),
+                bad,
+            }),
+            Err(e) => {
+                self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
+                self.set_pushed_tracking(false);
+                Err(e)
+            }
         }
-        result
     }
 
     fn set_pushed_tracking(&self, on: bool) {
@@ -342,23 +359,22 @@ impl RedisSource {
         }
     }
 
-    async fn load_attempt(&self) -> Result<LoadReport, SourceError> {
+    /// Reads every account into `full`; returns it (to be finished) with the bad records.
+    async fn load_attempt<'s>(
+        &self,
+        mut full: FullRefresh<'s>,
+    ) -> Result<(FullRefresh<'s>, Vec<BadRecord>), SourceError> {
         let t0 = Instant::now();
         // The SCAN walk and the read batches overlap: up to READ_AHEAD batches are in flight
-        // while earlier replies are parsed, so Redis and this task work at the same time.
+        // while earlier replies are parsed and applied, so Redis and this task work at the
+        // same time.
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(READ_AHEAD);
         let head_len = self.prefix.len() + "account:".len();
         let scanner = self.scan_ids(tx);
-        // Sized once from DBSIZE (an upper bound when the database holds other keys too): a
-        // vector grown by doubling would briefly hold 1.5 copies of a million accounts.
-        let expected: usize = redis::cmd("DBSIZE")
-            .query_async(&mut self.conn.clone())
-            .await
-            .unwrap_or(0);
-        let reader = async {
-            let mut report = LoadReport::default();
-            // Best effort: a failed reservation just means growing as usual.
-            let _ = report.accounts.try_reserve(expected.min(MAX_PRESIZE));
+        let full_ref = &mut full;
+        let reader = async move {
+            let mut bad = Vec::new();
+            let mut accounts = 0usize;
             let batches = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|b| (b, rx))
             });
@@ -380,30 +396,33 @@ impl RedisSource {
                         .unwrap_or_default();
                     match parse_record(id, reply) {
                         Record::Missing => {} // deleted between SCAN and HGETALL
-                        Record::Good(a) => report.accounts.push(a),
-                        Record::Bad(b) => report.bad.push(b),
+                        Record::Good(a) => {
+                            accounts += 1;
+                            full_ref.feed(a);
+                        }
+                        Record::Bad(b) => bad.push(b),
                     }
                 }
             }
-            Ok::<_, SourceError>(report)
+            Ok::<_, SourceError>((accounts, bad))
         };
         let (scanned, read) = tokio::join!(scanner, reader);
         // A SCAN error ends the batches early: check it first, the read part is then incomplete.
         let bad_ids = scanned?;
-        let mut report = read?;
-        report.bad.extend(bad_ids);
+        let (accounts, mut bad) = read?;
+        bad.extend(bad_ids);
         // SCAN may return a key more than once (while Redis rehashes). A repeated account is
-        // harmless to `Snapshot::apply_full` (same id, same data); a repeated bad record would
-        // be logged twice.
-        report.bad.sort_by(|a, b| a.id.cmp(&b.id));
-        report.bad.dedup_by(|a, b| a.id == b.id);
+        // harmless to `FullRefresh::feed` (same id, same data); a repeated bad record would be
+        // logged twice.
+        bad.sort_by(|a, b| a.id.cmp(&b.id));
+        bad.dedup_by(|a, b| a.id == b.id);
         tracing::debug!(
-            accounts = report.accounts.len(),
-            bad = report.bad.len(),
+            accounts,
+            bad = bad.len(),
             took_ms = t0.elapsed().as_millis() as u64,
             "redis full load read"
         );
-        Ok(report)
+        Ok((full, bad))
     }
 
     /// Walks `SCAN MATCH {prefix}account:*` and sends the ids in batches of [`READ_BATCH`];
