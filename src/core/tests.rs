@@ -636,6 +636,103 @@ Content-Length: 0\r\n\r\n";
     assert_eq!(status(&reply(&run(&w, &p, m2.as_bytes(), SWITCH)).1), 478);
 }
 
+/// The Route token covers the Call-ID and the tag of the dialog's initiator, so it is valid
+/// whichever side sent the request: the initiator's tag is in From one way and in To the other.
+#[test]
+fn route_token_is_valid_in_both_directions_of_a_dialog() {
+    let w = world();
+    let p = policy();
+
+    // Case A: a customer's call. Alice's in-dialog requests carry her tag in From.
+    let (_, ok) = established(&w, &p, "alice", "bd");
+    let rr = hdr(&ok, "record-route")[0].to_string();
+    w.snap.upsert(acct("alice", "0", "0"));
+    let route = format!("Route: {rr}\r\n");
+    let m = in_dialog("INVITE", "bd", "alice", &route, 2);
+    let o = run(&w, &p, &m, CALLER);
+    assert_eq!(o.event, Event::Passed(PassKind::InDialog));
+    assert_eq!(fwd(&o).0, sa(SWITCH));
+    // The switch's requests in the same dialog carry alice's tag in To; our Route is popped and
+    // the Request-URI (alice's Contact) is the next hop, not creditgate itself.
+    for (method, cseq) in [("INVITE", 1), ("BYE", 2)] {
+        let m = format!(
+            "{method} sip:alice@127.0.0.1:40000 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKsw-{method}-bd\r\n\
+             Max-Forwards: 70\r\n\
+             {route}\
+             From: <sip:+4915112345@example.com>;tag=sw-tag\r\n\
+             To: \"Caller\" <sip:alice@example.com>;tag=ft-bd\r\n\
+             Call-ID: bd@example.com\r\n\
+             CSeq: {cseq} {method}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let o = run(&w, &p, m.as_bytes(), SWITCH);
+        assert_eq!(o.event, Event::Passed(PassKind::FromUpstream), "{method}");
+        let (to, f) = fwd(&o);
+        assert_eq!(to, sa(CALLER), "{method}");
+        assert!(hdr(&f, "route").is_empty(), "{method}: our Route is popped");
+        assert!(
+            hdr(&f, "via")[0].contains("branch=z9hG4bKcg"),
+            "{method}: our Via"
+        );
+    }
+
+    // Case B: the switch calls bob (dry). Its INVITE is record-routed with a token over the
+    // switch's tag, which is in To when bob sends a request back.
+    let sw_invite = b"INVITE sip:bob@127.0.0.1:40000 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKsw-cb\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:+4930111@switch.example>;tag=sw-init\r\n\
+To: <sip:bob@example.com>\r\n\
+Call-ID: cb@switch\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:gw@127.0.0.2:5080>\r\n\
+Content-Length: 0\r\n\r\n";
+    let o = run(&w, &p, sw_invite, SWITCH);
+    assert_eq!(o.event, Event::Passed(PassKind::FromUpstream));
+    let (to, f) = fwd(&o);
+    assert_eq!(to, sa(CALLER));
+    // Bob's 200 goes back to the switch with the Record-Route.
+    let resp = switch_response(&f, 200, Some("bob-tag"));
+    let o = run(&w, &p, &resp, CALLER);
+    let (to, ok) = fwd(&o);
+    assert_eq!(to, sa(SWITCH));
+    let rr = hdr(&ok, "record-route")[0].to_string();
+    assert!(rr.starts_with("<sip:127.0.0.1:5060;lr;cgt="), "{rr}");
+    let from_bob = |method: &str, to_tag: &str, route: &str, cseq: u32| {
+        format!(
+            "{method} sip:gw@127.0.0.2:5080 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:40000;rport;branch=z9hG4bK-cb-{method}-{cseq}\r\n\
+             Max-Forwards: 70\r\n\
+             Route: {route}\r\n\
+             From: <sip:bob@example.com>;tag=bob-tag\r\n\
+             To: <sip:+4930111@switch.example>;tag={to_tag}\r\n\
+             Call-ID: cb@switch\r\n\
+             CSeq: {cseq} {method}\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    for (method, cseq) in [("INVITE", 1), ("BYE", 2)] {
+        let m = from_bob(method, "sw-init", &rr, cseq);
+        let o = run(&w, &p, &m, CALLER);
+        assert_eq!(o.event, Event::Passed(PassKind::InDialog), "{method}");
+        let (to, f) = fwd(&o);
+        assert_eq!(to, sa(SWITCH), "{method}");
+        assert!(hdr(&f, "route").is_empty(), "{method}: our Route is popped");
+    }
+    // The token binds the initiator's tag: another To-tag, or an altered token, makes bob's
+    // INVITE a new call of a dry account.
+    let last = rr.len() - 2;
+    let flipped = if &rr[last..=last] == "0" { "1" } else { "0" };
+    let bad_token = format!("{}{flipped}>", &rr[..last]);
+    for (to_tag, route) in [("sw-other", rr.as_str()), ("sw-init", bad_token.as_str())] {
+        let m = from_bob("INVITE", to_tag, route, 3);
+        let o = run(&w, &p, &m, CALLER);
+        assert_eq!(status(&reply(&o).1), 402, "To-tag {to_tag}, Route {route}");
+    }
+}
+
 #[test]
 fn customer_requests_only_ever_reach_an_upstream() {
     let w = world();
@@ -682,6 +779,249 @@ fn options_ping_is_answered_200() {
     );
     assert_eq!(
         run(&w, &p, m2.as_bytes(), CALLER).event,
+        Event::Passed(PassKind::OtherMethod)
+    );
+}
+
+// --- Config-driven paths (SPEC section 3, [sip]) ----------------------------------------------
+
+/// `invite(user, call, "")` turned into an out-of-dialog request of `method` (start line and
+/// CSeq rewritten; everything else, body included, as it was).
+fn as_method(m: &[u8], method: &str) -> Vec<u8> {
+    text(m)
+        .replacen("INVITE ", &format!("{method} "), 1)
+        .replace("CSeq: 1 INVITE\r\n", &format!("CSeq: 1 {method}\r\n"))
+        .into_bytes()
+}
+
+#[test]
+fn trusted_networks_are_never_credit_checked() {
+    let w = world();
+    let mut c = config();
+    c.sip.trusted = ["198.51.100.0/24", "203.0.113.9/32", "2001:db8:77::/48"]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let p = policy_from(&c);
+    // bob is dry; his INVITE, addressed to a customer's PBX, comes from each source.
+    let m = text(&invite("bob", "tr", "")).replace(
+        "INVITE sip:+4915112345@127.0.0.1 SIP/2.0",
+        "INVITE sip:+4915112345@192.0.2.10:5070 SIP/2.0",
+    );
+    let cases = [
+        ("198.51.100.7:5060", true),
+        ("198.51.100.254:6000", true),
+        ("[::ffff:198.51.100.8]:5060", true), // v4-mapped, as a dual-stack socket reports it
+        ("203.0.113.9:5060", true),
+        ("[2001:db8:77::5]:5060", true),
+        ("198.51.101.7:5060", false),
+        ("203.0.113.10:5060", false),
+        ("[2001:db8:78::5]:5060", false),
+        (CALLER, false),
+    ];
+    for (source, trusted) in cases {
+        let o = run(&w, &p, m.as_bytes(), source);
+        if trusted {
+            assert_eq!(o.event, Event::Passed(PassKind::FromUpstream), "{source}");
+            let (to, f) = fwd(&o);
+            assert_eq!(to, sa("192.0.2.10:5070"), "{source}: by Request-URI");
+            assert!(hdr(&f, "via")[0].contains("branch=z9hG4bKcg"), "{source}");
+        } else {
+            assert!(
+                matches!(
+                    o.event,
+                    Event::Refused {
+                        cause: RefusalCause::InsufficientCredit,
+                        ..
+                    }
+                ),
+                "{source}: {:?}",
+                o.event
+            );
+            assert_eq!(status(&reply(&o).1), 402, "{source}");
+        }
+    }
+    // Without the setting the same sources are customers.
+    let o = run(&w, &policy(), m.as_bytes(), "198.51.100.7:5060");
+    assert_eq!(status(&reply(&o).1), 402);
+}
+
+#[test]
+fn forward_other_methods_false_refuses_other_out_of_dialog_methods() {
+    let w = world();
+    let mut c = config();
+    c.sip.forward_other_methods = false;
+    let p = policy_from(&c);
+    let options_user = text(&as_method(&invite("alice", "fo-o", ""), "OPTIONS"))
+        .replacen("sip:+4915112345@127.0.0.1", "sip:bob@127.0.0.1", 1)
+        .into_bytes();
+    let ping = b"OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKfo-p\r\nFrom: <sip:lb@example.com>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: fo-p\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n".to_vec();
+    let cancel = text(&as_method(&invite("alice", "fo-c", ""), "CANCEL")).into_bytes();
+    let sw_message = text(&as_method(&invite("bob", "fo-s", ""), "MESSAGE"))
+        .replace(
+            "Via: SIP/2.0/UDP 127.0.0.1:40000;rport;",
+            "Via: SIP/2.0/UDP 127.0.0.2:5080;",
+        )
+        .replacen("sip:+4915112345@127.0.0.1", "sip:bob@127.0.0.1:40000", 1)
+        .into_bytes();
+    // (what, request, source, expected event)
+    let cases: Vec<(&str, Vec<u8>, &str, Event<'static>)> = vec![
+        (
+            "MESSAGE",
+            as_method(&invite("alice", "fo-m", ""), "MESSAGE"),
+            CALLER,
+            Event::Answered(Answer::MethodNotAllowed),
+        ),
+        (
+            "REGISTER",
+            as_method(&invite("alice", "fo-r", ""), "REGISTER"),
+            CALLER,
+            Event::Answered(Answer::MethodNotAllowed),
+        ),
+        (
+            "OPTIONS to a user",
+            options_user,
+            CALLER,
+            Event::Answered(Answer::MethodNotAllowed),
+        ),
+        (
+            "OPTIONS ping",
+            ping,
+            CALLER,
+            Event::Answered(Answer::OptionsPing),
+        ),
+        (
+            "in-dialog BYE",
+            in_dialog("BYE", "fo-b", "bob", "", 2),
+            CALLER,
+            Event::Passed(PassKind::InDialog),
+        ),
+        ("CANCEL", cancel, CALLER, Event::Passed(PassKind::Cancel)),
+        (
+            "MESSAGE from the switch",
+            sw_message,
+            SWITCH,
+            Event::Passed(PassKind::FromUpstream),
+        ),
+    ];
+    for (what, m, source, want) in cases {
+        let o = run(&w, &p, &m, source);
+        assert_eq!(o.event, want, "{what}");
+        match want {
+            Event::Answered(Answer::MethodNotAllowed) => {
+                let (to, r) = reply(&o);
+                assert_eq!(to, sa(CALLER), "{what}");
+                assert!(
+                    r.starts_with("SIP/2.0 403 Method not forwarded\r\n"),
+                    "{what}: {r}"
+                );
+            }
+            Event::Answered(_) => assert_eq!(status(&reply(&o).1), 200, "{what}"),
+            _ => assert!(matches!(o.action, Action::Forward { .. }), "{what}"),
+        }
+    }
+    // INVITE still goes through the credit check.
+    let m = invite("alice", "fo-i", "");
+    let o = run(&w, &p, &m, CALLER);
+    assert!(matches!(o.event, Event::Admitted { .. }), "{:?}", o.event);
+    assert_eq!(fwd(&o).0, sa(SWITCH));
+    let m = invite("bob", "fo-j", "");
+    let o = run(&w, &p, &m, CALLER);
+    assert_eq!(status(&reply(&o).1), 402);
+    // The default forwards the same MESSAGE unchecked.
+    let m = as_method(&invite("alice", "fo-m", ""), "MESSAGE");
+    let o = run(&w, &policy(), &m, CALLER);
+    assert_eq!(o.event, Event::Passed(PassKind::OtherMethod));
+    assert_eq!(fwd(&o).0, sa(SWITCH));
+}
+
+#[test]
+fn record_route_false_forwards_without_record_route() {
+    let w = world();
+    let sw_invite = b"INVITE sip:alice@127.0.0.1:40000 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKsw-rr\r\n\
+From: <sip:gw@example.com>;tag=sw-rr\r\n\
+To: <sip:alice@example.com>\r\n\
+Call-ID: rr@switch\r\n\
+CSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n";
+    for record_route in [true, false] {
+        let mut c = config();
+        c.sip.record_route = record_route;
+        let p = policy_from(&c);
+        let m = invite("alice", "rr", "");
+        let o = run(&w, &p, &m, CALLER);
+        assert!(matches!(o.event, Event::Admitted { .. }), "{:?}", o.event);
+        let (to, f) = fwd(&o);
+        assert_eq!(to, sa(SWITCH));
+        assert!(hdr(&f, "via")[0].contains("branch=z9hG4bKcg"), "{f}");
+        assert_eq!(hdr(&f, "max-forwards"), ["69"]);
+        assert_eq!(
+            hdr(&f, "record-route").len(),
+            usize::from(record_route),
+            "record_route = {record_route}: {f}"
+        );
+        // Dialogs the switch starts follow the same setting.
+        let (to, f) = fwd(&run(&w, &p, sw_invite, SWITCH));
+        assert_eq!(to, sa(CALLER));
+        assert_eq!(
+            hdr(&f, "record-route").len(),
+            usize::from(record_route),
+            "record_route = {record_route}, from the switch: {f}"
+        );
+    }
+}
+
+#[test]
+fn check_methods_decide_which_out_of_dialog_methods_need_credit() {
+    let w = world();
+    let default = policy();
+    let mut c = config();
+    c.sip.check_methods = vec!["INVITE".into(), "MESSAGE".into()];
+    let with_message = policy_from(&c);
+    let req = |user: &str, method: &str| {
+        as_method(&invite(user, &format!("cm-{user}-{method}"), ""), method)
+    };
+    // (policy, its name, user, method, refused with 402 rather than forwarded)
+    let cases = [
+        (&default, "default", "bob", "MESSAGE", false),
+        (&default, "default", "bob", "INVITE", true),
+        (&with_message, "INVITE+MESSAGE", "bob", "MESSAGE", true),
+        (&with_message, "INVITE+MESSAGE", "alice", "MESSAGE", false),
+        (&with_message, "INVITE+MESSAGE", "bob", "INVITE", true),
+        (&with_message, "INVITE+MESSAGE", "bob", "REGISTER", false),
+    ];
+    for (p, name, user, method, refused) in cases {
+        let m = req(user, method);
+        let o = run(&w, p, &m, CALLER);
+        let what = format!("{name}: {user} {method}");
+        if refused {
+            assert!(
+                matches!(
+                    o.event,
+                    Event::Refused {
+                        cause: RefusalCause::InsufficientCredit,
+                        ..
+                    }
+                ),
+                "{what}: {:?}",
+                o.event
+            );
+            let (_, r) = reply(&o);
+            assert_eq!(status(&r), 402, "{what}");
+            assert_eq!(hdr(&r, "cseq"), [format!("1 {method}")], "{what}");
+        } else {
+            let (to, _) = fwd(&o);
+            assert_eq!(to, sa(SWITCH), "{what}");
+        }
+    }
+    // A checked MESSAGE with credit counts as an admission, an unchecked one as a pass.
+    assert!(matches!(
+        run(&w, &with_message, &req("alice", "MESSAGE"), CALLER).event,
+        Event::Admitted { .. }
+    ));
+    assert_eq!(
+        run(&w, &default, &req("bob", "MESSAGE"), CALLER).event,
         Event::Passed(PassKind::OtherMethod)
     );
 }
