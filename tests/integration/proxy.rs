@@ -2,7 +2,7 @@
 //! sections 2 and 3), against the real binary. Each test starts its own daemon, fake switch and
 //! caller (see [`crate::harness`]), so the tests run in parallel.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use crate::harness::*;
@@ -342,6 +342,66 @@ fn in_dialog_requests_pass_after_the_balance_ran_out() {
     let _ = call.at_switch;
 }
 
+/// A customer whose account ran dry cannot start new calls disguised as re-INVITEs: an
+/// in-dialog INVITE (To-tag present) with creditgate's own Route URI but a token with one
+/// character changed, or with the valid token of another of its dialogs, is a new call: 402, and
+/// nothing reaches the switch. (The genuine re-INVITE with the right token passes:
+/// `in_dialog_requests_pass_after_the_balance_ran_out`.)
+#[test]
+fn in_dialog_invite_with_a_wrong_or_foreign_route_token_is_refused() {
+    let (mut daemon, switch, caller) = setup("1s");
+    let d = daemon.sip_addr();
+    let call_a = establish(&daemon, &switch, &caller, "alice");
+    let call_b = establish(&daemon, &switch, &caller, "alice");
+    assert_ne!(call_a.invite.call_id, call_b.invite.call_id);
+
+    daemon.rewrite_accounts(&accounts_with_balance("alice", "0.00"));
+    if !daemon.wait_for_log("changed=1", 1, Duration::from_secs(10)) {
+        daemon.fail("no refresh applied alice's balance 0 within 10 s");
+    }
+    let fresh = Request::invite(caller.addr(), d, &new_call_id(), "alice");
+    caller.send(&fresh.build(), d);
+    let (r, _) = caller.recv_or_fail(WAIT, "a 402 for alice's new call after the refresh");
+    assert_eq!(status_code(&r), Some(402), "{}", text(&r));
+
+    let genuine = call_a.invite.in_dialog("INVITE", &call_a.ok, 2).sdp();
+    let prefix = format!("<sip:{d};lr;cgt=");
+    let [route_a] = genuine.routes.as_slice() else {
+        panic!("one Route expected: {:?}", genuine.routes)
+    };
+    assert!(route_a.starts_with(&prefix), "{route_a}");
+    let routes_b = call_b.invite.in_dialog("INVITE", &call_b.ok, 2).routes;
+    let [route_b] = routes_b.as_slice() else {
+        panic!("one Route expected in call B: {routes_b:?}")
+    };
+    assert!(route_b.starts_with(&prefix), "{route_b}");
+    assert_ne!(route_b, route_a, "two dialogs, two tokens");
+    // One character of the token changed (the last one before '>').
+    let at = route_a.len() - 2;
+    let changed = if &route_a[at..=at] == "0" { "1" } else { "0" };
+    let wrong = format!("{}{changed}>", &route_a[..at]);
+
+    for (what, route) in [
+        ("a token with one character changed", wrong),
+        ("the token of another dialog", route_b.clone()),
+    ] {
+        let mut forged = genuine.clone();
+        forged.branch = new_branch();
+        forged.routes = vec![route.clone()];
+        caller.send(&forged.build(), d);
+        let (r, src) = caller.recv_or_fail(WAIT, &format!("a 402 for {what}"));
+        assert_eq!(src, d);
+        assert_eq!(status_code(&r), Some(402), "{what}:\n{}", text(&r));
+        assert_eq!(
+            to_tag(&r).as_deref(),
+            Some(call_a.switch_tag.as_str()),
+            "{what}: the existing To-tag is kept"
+        );
+        assert_eq!(top_branch(&r), Some(forged.branch.clone()), "{what}");
+        switch.expect_nothing(QUIET);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // CANCEL
 
@@ -520,6 +580,97 @@ fn forged_responses_are_dropped() {
     switch.expect_nothing(Duration::from_millis(50));
     other.expect_nothing(Duration::from_millis(50));
     assert!(daemon.ping(WAIT), "the daemon still answers");
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv6 and several workers
+
+/// An IPv6 listener next to the IPv4 one, two `SO_REUSEPORT` workers: callers on `::1` get
+/// their calls with credit to the IPv4 switch (creditgate's IPv4 Via on top, the caller's
+/// IPv6 Via with `received`/`rport` below), the switch's 200 back over IPv6 without
+/// creditgate's Via, and a 402 for a dry account. Several caller sockets, so that both workers'
+/// sockets are likely used (the kernel spreads by source address and port; not asserted).
+#[test]
+fn ipv6_callers_through_two_workers_reach_an_ipv4_switch() {
+    let loopback6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    if let Err(e) = UdpSocket::bind(SocketAddr::new(loopback6, 0)) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no IPv6 loopback on this CI machine: {e}"
+        );
+        println!("skipped: no IPv6 loopback ({e})");
+        return;
+    }
+    let switch = Switch::bind();
+    let port4 = free_udp_port(DAEMON_IP);
+    let port6 = free_udp_port(loopback6);
+    let base = test_config(port4, switch.addr(), "60s");
+    let listen4 = format!("listen = [\"{DAEMON_IP}:{port4}\"]");
+    assert!(base.contains(&listen4) && base.contains("workers = 2\n"));
+    // IPv4 first: the harness pings the first listen address from an IPv4 socket.
+    let config = base.replacen(
+        &listen4,
+        &format!("listen = [\"{DAEMON_IP}:{port4}\", \"[::1]:{port6}\"]"),
+        1,
+    );
+    let daemon = Daemon::start(&config, ACCOUNTS);
+    let d4 = daemon.sip_addr();
+    let d6 = SocketAddr::new(loopback6, port6);
+    assert_eq!(d4, SocketAddr::new(DAEMON_IP, port4));
+
+    for i in 0..6 {
+        let caller = Endpoint::bind(loopback6);
+        let c = caller.addr();
+        // A call with credit.
+        let invite = Request::invite(c, d6, &new_call_id(), "alice");
+        let sent = invite.build();
+        caller.send(&sent, d6);
+        let (fwd, src) =
+            switch.recv_or_fail(WAIT, &format!("caller {i}: the INVITE at the switch"));
+        assert_eq!(src, d4, "caller {i}: forwarded from the IPv4 socket");
+        assert_eq!(start_line(&fwd), start_line(&sent), "caller {i}");
+        let vias = all_headers(&fwd, "Via");
+        assert_eq!(vias.len(), 2, "caller {i}:\n{}", text(&fwd));
+        assert_our_via(&vias[0], d4);
+        assert!(
+            vias[1].starts_with(&format!("SIP/2.0/UDP {c};branch={}", invite.branch)),
+            "caller {i}: the caller's Via second: {}",
+            vias[1]
+        );
+        assert_eq!(
+            param(&vias[1], "received").as_deref(),
+            Some("::1"),
+            "{}",
+            vias[1]
+        );
+        assert_eq!(
+            param(&vias[1], "rport"),
+            Some(c.port().to_string()),
+            "{}",
+            vias[1]
+        );
+
+        let ok = response(&fwd, 200, "OK", Some(&new_tag()), &[]);
+        switch.send(&ok, src);
+        let (got, src) = caller.recv_or_fail(WAIT, &format!("caller {i}: the 200 over IPv6"));
+        assert_eq!(src, d6, "caller {i}: relayed from the IPv6 socket");
+        let expected = without_first_header(&ok, "Via").expect("Via in the 200");
+        assert_eq!(
+            text(&got),
+            text(&expected),
+            "caller {i}: the relayed 200 must equal the switch's minus creditgate's Via"
+        );
+
+        // A dry account.
+        let dry = Request::invite(c, d6, &new_call_id(), "bob");
+        caller.send(&dry.build(), d6);
+        let (r, src) = caller.recv_or_fail(WAIT, &format!("caller {i}: a 402 for bob"));
+        assert_eq!(src, d6, "caller {i}");
+        assert_eq!(status_code(&r), Some(402), "caller {i}:\n{}", text(&r));
+        assert_eq!(top_branch(&r), Some(dry.branch.clone()), "caller {i}");
+        switch.expect_nothing(Duration::from_millis(100));
+    }
+    switch.expect_nothing(QUIET);
 }
 
 // ---------------------------------------------------------------------------------------------
