@@ -9,9 +9,17 @@
 # 0 = every call succeeded, 1 = at least one call failed, anything else = SIPp could
 # not finish (97 = global timeout hit, 99 = no call processed, 255 = fatal error).
 #
+# Loopback only by default: --proxy and --local-ip must be 127.0.0.0/8 (or ::1,
+# localhost) unless --allow-remote is given, so a mistyped address never sends a
+# load to another machine.
+#
 # The switch side is not started here: point creditgate's `upstream` at a real switch,
-# or run uas.xml on the switch address, e.g.
-#   sipp -sf uas.xml -i 127.0.0.2 -p 5080 -m 1000 -timeout 120s -nostdin -bg
+# or run the matching UAS on the switch address in the background with `&` (not -bg,
+# which forks and leaves no PID to wait for), bounded by -m and -timeout, e.g.
+#   sipp -sf uas.xml -i 127.0.0.2 -p 5080 -m 1000 -timeout 120s -nostdin >/tmp/uas.out 2>&1 &
+#   uas=$!
+#   load.sh --proxy 127.0.0.1:5060 --account alice --calls 1000 --rate 100
+#   wait "$uas"
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,13 +34,14 @@ usage: load.sh --proxy HOST:PORT [options] [-- extra sipp arguments]
   --rate CPS          new calls per second, SIPp -r (default 100)
   --duration MS       call hold time between ACK and BYE, SIPp -d (default 1000)
   --number NUM        called number: Request-URI/To user, SIPp -s (default service)
-  --scenario NAME     allowed | refused | cancel | reinvite | PATH.xml (default allowed)
+  --scenario NAME     allowed | refused | cancel | reinvite | longcall | PATH.xml (default allowed)
   --expect CODE       for --scenario refused: the final code each call must get (default 402)
-  --local-ip IP       local address to send from, SIPp -i (default: SIPp's choice)
+  --local-ip IP       local address to send from, SIPp -i (default 127.0.0.1)
   --local-port PORT   local SIP port, SIPp -p (default: SIPp's choice)
   --limit N           maximum simultaneous calls, SIPp -l (default: SIPp's 3 x duration x rate)
   --timeout SECS      wall-clock limit of the run (default: calls/rate + 2 x duration + 30 s)
   --out DIR           where SIPp's screen, statistics and error logs go (default: a new /tmp dir)
+  --allow-remote      allow a --proxy or --local-ip outside loopback (127.0.0.0/8, ::1)
   -h, --help          this help
 
 Everything after `--` is passed to sipp unchanged (e.g. -- -trace_msg).
@@ -47,7 +56,8 @@ duration=1000
 number="service"
 scenario="allowed"
 expect=""
-local_ip=""
+local_ip="127.0.0.1"
+allow_remote=0
 local_port=""
 limit=""
 timeout_s=""
@@ -71,6 +81,7 @@ while [[ $# -gt 0 ]]; do
         --limit)      need "$@"; limit="$2"; shift 2 ;;
         --timeout)    need "$@"; timeout_s="$2"; shift 2 ;;
         --out)        need "$@"; out="$2"; shift 2 ;;
+        --allow-remote) allow_remote=1; shift ;;
         -h|--help)    usage; exit 0 ;;
         --)           shift; extra=("$@"); break ;;
         *)            echo "load.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
@@ -85,6 +96,20 @@ done
 (( rate > 0 ))  || { echo "load.sh: --rate must be > 0" >&2; exit 2; }
 [[ "$proxy" =~ ^[^:]+:[0-9]+$ || "$proxy" =~ ^\[.*\]:[0-9]+$ ]] \
     || { echo "load.sh: --proxy must be HOST:PORT, got '$proxy'" >&2; exit 2; }
+# Loopback: 127.0.0.0/8, ::1 or localhost. Anything else needs --allow-remote.
+is_loopback() {
+    local host="$1"
+    [[ "$host" =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+$ || "$host" == "::1" || "$host" == "localhost" ]]
+}
+proxy_host="${proxy%:*}"
+proxy_host="${proxy_host#[}"
+proxy_host="${proxy_host%]}"
+if (( ! allow_remote )); then
+    is_loopback "$proxy_host" \
+        || { echo "load.sh: --proxy $proxy is not a loopback address; pass --allow-remote to load another machine" >&2; exit 2; }
+    [[ -z "$local_ip" ]] || is_loopback "$local_ip" \
+        || { echo "load.sh: --local-ip $local_ip is not a loopback address; pass --allow-remote" >&2; exit 2; }
+fi
 [[ -z "$limit" ]] || is_uint "$limit" || { echo "load.sh: --limit must be a whole number" >&2; exit 2; }
 [[ -z "$timeout_s" ]] || is_uint "$timeout_s" || { echo "load.sh: --timeout must be whole seconds" >&2; exit 2; }
 
@@ -93,6 +118,7 @@ case "$scenario" in
     refused)  sf="$here/uac-refused.xml" ;;
     cancel)   sf="$here/uac-cancel.xml" ;;
     reinvite) sf="$here/uac-reinvite.xml" ;;
+    longcall) sf="$here/uac-longcall.xml" ;;
     *)        sf="$scenario" ;;
 esac
 [[ -r "$sf" ]] || { echo "load.sh: scenario file '$sf' not found" >&2; exit 2; }
