@@ -6,8 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust >= 1.85 with rustup (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
+
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
+# /bin/kill (signals in the integration tests; the unit's ExecReload= names it).
+[ -x /bin/kill ] || need_apt+=(procps)
+# A C/C++ toolchain: mimalloc is built from C, libFuzzer (scripts/fuzz.sh) from C++.
+command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)

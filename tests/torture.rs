@@ -22,7 +22,9 @@
 //!   network or another test. Where no namespace can be made it prints "skipped: no network
 //!   namespace".
 //!
-//! Without `../shared/corpus` every test prints "skipped: corpus not found" and passes.
+//! Without `../shared/corpus` every test prints "skipped: corpus not found" and passes — except
+//! under CI (`CI` set, as `.ci/run` has it), where a skipped suite would prove nothing and fails
+//! instead; likewise a missing network namespace.
 //!
 //! Outcome decisions that differ from the suggestions in `rfc4475/INDEX.tsv` are commented in
 //! [`RFC4475`]; the others follow the INDEX.
@@ -201,7 +203,20 @@ ips = ["127.0.0.1"]
 
 fn corpus() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    p.join("rfc4475/INDEX.tsv").is_file().then_some(p)
+    if p.join("rfc4475/INDEX.tsv").is_file() {
+        return Some(p);
+    }
+    skip("corpus not found");
+    None
+}
+
+/// Says why a suite did not run; under CI (`CI` set) that is a failure, not a pass.
+fn skip(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why}: under CI (CI is set) this suite must run, not skip"
+    );
+    println!("skipped: {why}");
 }
 
 struct World {
@@ -438,7 +453,6 @@ fn specific(name: &str, input: &[u8], out: &[u8]) -> Result<(), String> {
 #[test]
 fn rfc4475_core_outcomes() {
     let Some(corpus) = corpus() else {
-        println!("skipped: corpus not found");
         return;
     };
     let w = World::new(CORE_ONLY_PORT, SWITCH);
@@ -548,7 +562,6 @@ fn protos_check(w: &World, group: &str, data: &[u8], o: &Outcome<'_>) -> Result<
 #[test]
 fn protos_core_survival() {
     let Some(corpus) = corpus() else {
-        println!("skipped: corpus not found");
         return;
     };
     let w = World::new(CORE_ONLY_PORT, SWITCH);
@@ -901,12 +914,11 @@ fn compare(w: &World, data: &[u8], source: SocketAddr, seen: &Seen) -> Result<()
 #[test]
 fn torture_over_udp() {
     let Some(corpus) = corpus() else {
-        println!("skipped: corpus not found");
         return;
     };
     if std::env::var_os(NETNS_ENV).is_none() {
         match rerun_in_netns("torture_over_udp") {
-            None => println!("skipped: no network namespace"),
+            None => skip("no network namespace"),
             Some(status) => assert!(status.success(), "the run inside the namespace failed"),
         }
         return;

@@ -6,7 +6,6 @@
 //!
 //! Every wait is a bounded poll; nothing asserts on timing.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,12 +14,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prometheus_parse::{Scrape, Value};
+use prometheus_parse::Value;
 use serde_json::Value as Json;
 
 use crate::harness::{
-    accounts_with_balance, free_tcp_port, free_udp_port, start_line, status_code, test_config,
-    Caller, Daemon, Request, Switch, ACCOUNTS, BIN, DAEMON_IP, WAIT,
+    accounts_with_balance, config_with_admin, free_udp_port, get, http, metric, scrape, start_line,
+    status_code, test_config, Caller, Daemon, Http, Request, Switch, ACCOUNTS, BIN, DAEMON_IP,
+    WAIT,
 };
 
 /// Upper bound for a state change driven by refreshes or signals (a few refresh intervals of
@@ -30,97 +30,9 @@ const SLOW: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------------
 // Helpers: config, HTTP, signals
 
-/// [`test_config`] with the admin API on a fresh loopback port; returns the config and the
-/// admin address.
-fn config_with_admin(refresh_interval: &str, switch: SocketAddr) -> (String, SocketAddr) {
-    let admin = SocketAddr::new(DAEMON_IP, free_tcp_port(DAEMON_IP));
-    let cfg = test_config(free_udp_port(DAEMON_IP), switch, refresh_interval).replace(
-        "[admin]\nlisten = \"\"",
-        &format!("[admin]\nlisten = \"{admin}\""),
-    );
-    assert!(
-        cfg.contains(&admin.to_string()),
-        "the admin listen line was not replaced:\n{cfg}"
-    );
-    (cfg, admin)
-}
-
 /// Adds `line` under the `[credit]` table of a [`test_config`] text.
 fn with_credit(cfg: &str, line: &str) -> String {
     cfg.replace("[credit]\n", &format!("[credit]\n{line}\n"))
-}
-
-/// One HTTP/1.1 answer.
-#[derive(Debug)]
-struct Http {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Http {
-    fn json(&self) -> Json {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// A minimal HTTP/1.1 client (`Connection: close`, so the body ends at EOF).
-fn http(method: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> Http {
-    let mut s =
-        TcpStream::connect_timeout(&addr, WAIT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("{method} {path}: reading the answer: {e}"));
-    let text = String::from_utf8(raw).expect("an HTTP answer in UTF-8");
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let body = if headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v.contains("chunked"))
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Http {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn get(addr: SocketAddr, path: &str) -> Http {
-    http("GET", addr, path, None)
 }
 
 /// Polls `GET path` until `want(answer)`; panics with the last answer and the log after `limit`.
@@ -161,68 +73,6 @@ fn rewrite_config(d: &Daemon, text: &str) {
     let tmp = d.dir().join("creditgate.toml.tmp");
     fs::write(&tmp, text).unwrap();
     fs::rename(&tmp, d.config_path()).unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers: Prometheus text
-
-/// Parses a `/metrics` body with `prometheus-parse`, and checks that the parser accepted every
-/// sample line (it skips lines it cannot read, so count them) and that every family has a HELP.
-fn parse_metrics(body: &str) -> Scrape {
-    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
-        .expect("a Prometheus text exposition");
-    let sample_lines = body
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .count();
-    let parsed: usize = scrape
-        .samples
-        .iter()
-        .map(|s| match &s.value {
-            Value::Histogram(b) => b.len(),
-            Value::Summary(q) => q.len(),
-            _ => 1,
-        })
-        .sum();
-    assert_eq!(
-        parsed, sample_lines,
-        "the parser skipped sample lines:\n{body}"
-    );
-    for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
-        let name = line.split_whitespace().nth(2).unwrap();
-        assert!(scrape.docs.contains_key(name), "no HELP for {name}");
-        assert!(
-            name.starts_with("creditgate_"),
-            "metric {name} lacks the creditgate_ prefix"
-        );
-    }
-    scrape
-}
-
-/// The value of the sample `name` whose labels include `labels`; panics if absent.
-fn metric(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let s = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"));
-    match &s.value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-        other => panic!("{name} is not a scalar: {other:?}"),
-    }
-}
-
-fn scrape(addr: SocketAddr) -> Scrape {
-    let r = get(addr, "/metrics");
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert!(
-        r.headers
-            .get("content-type")
-            .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")),
-        "{:?}",
-        r.headers
-    );
-    parse_metrics(&r.body)
 }
 
 // ---------------------------------------------------------------------------------------------
