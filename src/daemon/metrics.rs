@@ -34,7 +34,8 @@ pub struct OpsCounters {
     pub reloads_applied: Counter,
     /// SIGHUP reloads whose new configuration was refused (the old one kept running).
     pub reloads_refused: Counter,
-    /// Watchdog keep-alives withheld because the packet path showed no progress.
+    /// Watchdog keep-alives withheld because a packet worker's receive task did not beat for a
+    /// whole round (`systemd.rs`).
     pub watchdog_withheld: Counter,
 }
 
@@ -440,7 +441,7 @@ impl CreditgateCollector {
         counter(
             enc,
             "creditgate_watchdog_withheld",
-            "systemd watchdog keep-alives withheld because the packet workers showed no progress.",
+            "systemd watchdog keep-alives withheld because a packet worker stopped beating (stuck or dead).",
             None,
             self.ops.watchdog_withheld.get(),
         )?;

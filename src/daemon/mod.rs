@@ -124,19 +124,27 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Read before the workers start: their heartbeat tick derives from the watchdog interval.
+    let watchdog = systemd::Watchdog::from_env();
     let mut tasks = Vec::new();
-    for group in sockets.into_iter() {
-        tasks.extend(worker::spawn_group(
+    let mut heartbeats = Vec::new();
+    for (w, group) in sockets.into_iter().enumerate() {
+        for (task, heartbeat) in worker::spawn_group(
             group,
+            w,
             Arc::clone(&shared),
             cfg.sip.source_pps_limit,
+            watchdog.map(|wd| wd.tick),
             shutdown.clone(),
-        ));
+        ) {
+            tasks.push(task);
+            heartbeats.push(heartbeat);
+        }
     }
     let refresh_task = tokio::spawn(refresher.clone().run(shutdown.clone()));
     tracing::info!(config = %config_path.display(), accounts = shared.snapshot.len(), "creditgate running");
 
-    let watchdog = systemd::spawn_watchdog(Arc::clone(&shared), Arc::clone(&ops), shutdown.clone());
+    let watchdog = watchdog.map(|wd| wd.spawn(heartbeats, Arc::clone(&ops), shutdown.clone()));
     systemd::ready(&ready_status(&shared));
     let mut reloader = Reloader {
         path: config_path,
@@ -297,6 +305,34 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("log", r.log != n.log),
     ];
     checks.into_iter().filter(|c| c.1).map(|c| c.0).collect()
+}
+
+/// A [`Shared`] for unit tests of the shell: a minimal valid config, an empty snapshot, and a
+/// policy whose listeners are `bound`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_shared(bound: &[std::net::SocketAddr]) -> Arc<Shared> {
+    let cfg = Config::from_toml_str(
+        "[sip]\nupstream = [\"127.0.0.2:5080\"]\n",
+        std::path::Path::new(""),
+    )
+    .unwrap();
+    let listeners = bound
+        .iter()
+        .map(|b| crate::core::Listener {
+            bound: *b,
+            advertised_host: b.ip().to_string(),
+            advertised_port: b.port(),
+        })
+        .collect();
+    let policy = Policy::new(&cfg, Keys::new(b"0123456789abcdef-test"), listeners).unwrap();
+    let started = Instant::now();
+    Arc::new(Shared {
+        snapshot: Arc::new(Snapshot::new(started)),
+        policy: ArcSwap::from_pointee(policy),
+        counters: events::Counters::default(),
+        started,
+    })
 }
 
 #[cfg(test)]

@@ -763,7 +763,8 @@ fn systemd_notify_ready_watchdog_reload_stop() {
         "READY=1 before the first snapshot attempt"
     );
 
-    // Periodic keep-alives on an idle daemon (the probes keep them coming).
+    // Periodic keep-alives on an idle daemon (the receive loops' heartbeat ticks keep them
+    // coming, on both workers).
     for i in 0..3 {
         let mut s = Vec::new();
         assert!(
