@@ -52,7 +52,7 @@ REDIS_PORT=$(free_port tcp)
 SIP_PORT=$(free_port udp)
 SWITCH_PORT=$(free_port udp)
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
+${REDIS_NICE:+nice -n $REDIS_NICE} redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
     >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
 for _ in $(seq 100); do
