@@ -307,6 +307,19 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     checks.into_iter().filter(|c| c.1).map(|c| c.0).collect()
 }
 
+/// Polls `cond` every 5 ms for at most 10 s (unit tests of the shell: a bounded wait, not a
+/// timing assertion).
+#[cfg(test)]
+pub(crate) async fn eventually(cond: impl Fn() -> bool) -> bool {
+    for _ in 0..2000 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    false
+}
+
 /// A [`Shared`] for unit tests of the shell: a minimal valid config, an empty snapshot, and a
 /// policy whose listeners are `bound`.
 #[cfg(test)]

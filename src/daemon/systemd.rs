@@ -218,18 +218,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::daemon::{test_shared, worker};
-
-    /// Polls `cond` every 5 ms for at most 10 s.
-    async fn eventually(cond: impl Fn() -> bool) -> bool {
-        for _ in 0..2000 {
-            if cond() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        false
-    }
+    use crate::daemon::{eventually, test_shared, worker};
 
     #[test]
     fn ticks_fit_in_a_round_and_rounds_in_the_interval() {

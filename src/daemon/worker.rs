@@ -223,17 +223,7 @@ fn map_for_socket(sock: &UdpSocket, to: SocketAddr) -> SocketAddr {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    /// Polls `cond` every 5 ms for at most 10 s.
-    async fn eventually(cond: impl Fn() -> bool) -> bool {
-        for _ in 0..2000 {
-            if cond() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        false
-    }
+    use crate::daemon::eventually;
 
     /// The real receive loop beats on its own tick while idle, and once per datagram without
     /// a tick; each heartbeat names its worker and listen address.
