@@ -1103,6 +1103,16 @@ fn check_sip(raw: RawSip, base_dir: &Path, ck: &mut Checker) -> SipConfig {
     if !ck.has_problem("sip.check_methods") {
         report_duplicates(ck, "sip.check_methods", &check_methods, Clone::clone);
     }
+    if !check_methods.is_empty()
+        && !ck.has_problem("sip.check_methods")
+        && !check_methods.iter().any(|m| m == "INVITE")
+    {
+        ck.push(
+            "sip.check_methods",
+            "must include INVITE: new calls are what creditgate admits or refuses \
+             (for a dry run set credit.enforce = false)",
+        );
+    }
 
     let forward_other_methods = raw.forward_other_methods.unwrap_or(d.forward_other_methods);
 
@@ -2602,6 +2612,10 @@ listen = \"localhost\"
         );
         problem_at(&with("check_methods = [\"ACK\"]\n"), "sip.check_methods[0]");
         problem_at(&with("check_methods = []\n"), "sip.check_methods");
+        problem_at(
+            &with("check_methods = [\"MESSAGE\"]\n"),
+            "sip.check_methods",
+        );
         problem_at(
             &with("check_methods = [\"INVITE\", \"invite\"]\n"),
             "sip.check_methods[1]",
