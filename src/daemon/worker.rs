@@ -135,12 +135,18 @@ async fn serve(task: Task, shutdown: CancellationToken) {
     let every = tick.unwrap_or(Duration::MAX);
     let ticker = tokio::time::sleep(every);
     tokio::pin!(ticker);
+    // One shutdown future for the task's life, on a token of its own: polling it (every
+    // datagram) takes that token's mutex, and a fresh `cancelled()` per datagram on the shared
+    // token would take (and register with) the one mutex every receive task shares.
+    let own = shutdown.child_token();
+    let cancelled = own.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let received = tokio::select! {
             // In this order: a pending datagram wins over the tick (it beats anyway), so under
             // traffic the timer is only polled when the socket has drained.
             biased;
-            _ = shutdown.cancelled() => return,
+            () = &mut cancelled => return,
             r = sock.recv_from(&mut buf) => r,
             () = &mut ticker, if ticking => {
                 heartbeat.beat();
