@@ -449,6 +449,16 @@ impl Traced {
     }
 }
 
+/// Runs `uac` to the end against the already started `uas` and checks that both completed
+/// `calls` calls with nothing failed or unexpected.
+fn run_calls(uac: SippCmd, uas: Sipp, calls: u64) -> (SippRun, SippRun) {
+    let uac = uac.start().wait(Duration::from_secs(60));
+    let uas = uas.wait(Duration::from_secs(30));
+    uac.assert_all_succeeded(calls);
+    uas.assert_all_succeeded(calls);
+    (uac, uas)
+}
+
 /// Reads a SIPp message trace: blocks of `---...--- TIMESTAMP`, then `UDP message received
 /// [N] bytes :` or `UDP message sent (N bytes):`, a blank line and the raw message.
 fn traced(path: &Path) -> Vec<Traced> {
@@ -575,12 +585,8 @@ fn sipp_cancelled_calls_get_the_200_of_the_cancel_then_487_through_creditgate() 
         20,
     )
     .set("account", "alice")
-    .args(&["-d", "200"])
-    .start()
-    .wait(Duration::from_secs(60));
-    let uas = uas.wait(Duration::from_secs(30));
-    uac.assert_all_succeeded(CALLS);
-    uas.assert_all_succeeded(CALLS);
+    .args(&["-d", "200"]);
+    let (uac, uas) = run_calls(uac, uas, CALLS);
 
     assert_eq!(
         uac.messages_of("CANCEL", Dir::Sent),
@@ -643,12 +649,8 @@ fn sipp_re_invites_follow_creditgates_route_and_pass_without_a_credit_check() {
     let uac = uac(&dir, "uac-reinvite", d, "uac-reinvite.xml", CALLS, 20)
         .set("account", "dave")
         .args(&["-d", "300"])
-        .traced()
-        .start()
-        .wait(Duration::from_secs(60));
-    let uas = uas.wait(Duration::from_secs(30));
-    uac.assert_all_succeeded(CALLS);
-    uas.assert_all_succeeded(CALLS);
+        .traced();
+    let (uac, uas) = run_calls(uac, uas, CALLS);
     assert_eq!(
         uas.messages_of("INVITE", Dir::Received),
         vec![CALLS, CALLS],
@@ -740,12 +742,8 @@ fn sipp_a_486_of_the_switch_reaches_the_caller_and_its_ack_reaches_the_switch() 
         20,
     )
     .set("account", "alice")
-    .set("expect", "486")
-    .start()
-    .wait(Duration::from_secs(60));
-    let uas = uas.wait(Duration::from_secs(30));
-    uac.assert_all_succeeded(CALLS);
-    uas.assert_all_succeeded(CALLS);
+    .set("expect", "486");
+    let (uac, uas) = run_calls(uac, uas, CALLS);
     assert_eq!(
         uac.messages_of("486", Dir::Received),
         vec![CALLS],
