@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use creditgate::config::Config;
+use creditgate::core::grammar::single_name_addr;
 use creditgate::core::keys::Keys;
 use creditgate::core::scan::{scan, Hdr, Start};
 use creditgate::core::{
@@ -171,6 +172,16 @@ fn vias(b: &[u8]) -> usize {
 
 /// The caller's BYE in the dialog: Route = creditgate's Record-Route value, From/Call-ID as in
 /// the INVITE, To with the switch's tag.
+/// Whether the request's To header carries a tag (as creditgate's grammar reads it).
+fn has_to_tag(datagram: &[u8]) -> bool {
+    let Ok(m) = scan(datagram) else { return false };
+    m.headers
+        .iter()
+        .find(|h| h.kind == Hdr::To)
+        .and_then(|h| single_name_addr(datagram, h.value.clone()).ok())
+        .is_some_and(|na| na.tag.is_some())
+}
+
 fn in_dialog(method: &str, orig: &[u8], route: &[u8]) -> Option<Vec<u8>> {
     let m = scan(orig).ok()?;
     let get = |k: Hdr| {
@@ -245,8 +256,10 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {}
     }
-    // The dialog: an admitted INVITE, answered 200, record-routed by creditgate.
-    if code != 200 || !matches!(out.event, Event::Admitted { .. }) {
+    // The dialog: an admitted INVITE, answered 200, record-routed by creditgate. An INVITE with
+    // a To-tag but no valid Route token is admitted as a new call yet not record-routed (the
+    // dialog's route set exists already): no dialog of creditgate's to follow then.
+    if code != 200 || !matches!(out.event, Event::Admitted { .. }) || has_to_tag(datagram) {
         return;
     }
     let Some(rr) = scan(fwd).ok().and_then(|m| {

@@ -972,6 +972,32 @@ Content-Length: 0\r\n\r\n";
     }
 }
 
+/// An in-dialog INVITE without creditgate's Route token is credit-checked as a new call; when
+/// the account has credit it is forwarded, but not record-routed: its To-tag says the dialog
+/// (and its route set) already exists, and RFC 3261 12.2.1.2 does not change a route set on a
+/// target refresh. (The `dialog` fuzz target once expected a Record-Route on every admitted
+/// INVITE: crash-45238fe7, a folded To with `tag = 98asjd8`.)
+#[test]
+fn admitted_in_dialog_invite_without_token_is_not_record_routed() {
+    let w = world();
+    let p = policy();
+    let m = in_dialog("INVITE", "notoken", "alice", "", 2);
+    let o = run(&w, &p, &m, CALLER);
+    assert!(matches!(o.event, Event::Admitted { .. }), "{:?}", o.event);
+    let (to, f) = fwd(&o);
+    assert_eq!(to, sa(SWITCH));
+    assert!(hdr(&f, "record-route").is_empty(), "{f}");
+    // The same with the tag folded onto a continuation line and spaced around '='.
+    let folded = String::from_utf8(m)
+        .unwrap()
+        .replace(">;tag=sw-tag\r\n", ">\r\n  ;\r\n  tag = sw-tag\r\n")
+        .into_bytes();
+    assert!(text(&folded).contains("tag = sw-tag"));
+    let o = run(&w, &p, &folded, CALLER);
+    assert!(matches!(o.event, Event::Admitted { .. }), "{:?}", o.event);
+    assert!(hdr(&fwd(&o).1, "record-route").is_empty());
+}
+
 #[test]
 fn check_methods_decide_which_out_of_dialog_methods_need_credit() {
     let w = world();
