@@ -34,6 +34,8 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// Upper bound for `sip.workers`: each worker is one socket per listen address, so a typo such as
 /// `10000` would open thousands of sockets; no machine we target has more cores than this.
 const MAX_WORKERS: usize = 1024;
+/// Highest `sip.realtime_priority`: the top of Linux's `SCHED_FIFO` range.
+const MAX_REALTIME_PRIORITY: u32 = 99;
 /// Smallest `sip.recv_buffer`: below this a burst of a few large INVITEs already overflows.
 const MIN_RECV_BUFFER: u64 = 4 * KIB;
 /// Largest `sip.recv_buffer`: `SO_RCVBUF` is a C `int` that the kernel doubles; 1 GiB is far
@@ -127,6 +129,16 @@ pub struct SipConfig {
     /// Packets per second accepted from one source address before further packets are dropped;
     /// default `0` = off. A flood guard, not a CPS limit (that is per account, `max_cps`).
     pub source_pps_limit: u32,
+    /// `SCHED_FIFO` priority (1-99) of the packet worker threads; default `0` = normal
+    /// scheduling. A woken packet worker then takes its CPU from any normal process at once
+    /// (redis-server, a backup, a kernel thread) instead of waiting for it to use up its time
+    /// slice: with Redis on the same host, a full refresh of a million accounts otherwise lifted
+    /// the admission p99 several-fold (BENCHMARKS.md). Needs `CAP_SYS_NICE` or an
+    /// `RLIMIT_RTPRIO` at least this high (the shipped systemd unit sets `LimitRTPRIO=10`);
+    /// without them the daemon logs a warning and runs at normal priority. Keep it low (10):
+    /// it only has to beat normal processes, and the kernel's RT throttling still leaves 5 %
+    /// of each CPU to them under a flood.
+    pub realtime_priority: u8,
 }
 
 impl Default for SipConfig {
@@ -144,6 +156,7 @@ impl Default for SipConfig {
             secret_file: None,
             recv_buffer: 8 * MIB,
             source_pps_limit: 0,
+            realtime_priority: 0,
         }
     }
 }
@@ -807,6 +820,8 @@ struct RawSip {
     recv_buffer: Option<SizeValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source_pps_limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    realtime_priority: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -1149,6 +1164,23 @@ fn check_sip(raw: RawSip, base_dir: &Path, ck: &mut Checker) -> SipConfig {
         Ok(n)
     });
     let source_pps_limit = raw.source_pps_limit.unwrap_or(d.source_pps_limit);
+    let realtime_priority = value(
+        ck,
+        "sip.realtime_priority",
+        raw.realtime_priority,
+        d.realtime_priority,
+        |n| {
+            u8::try_from(n)
+                .ok()
+                .filter(|p| u32::from(*p) <= MAX_REALTIME_PRIORITY)
+                .ok_or_else(|| {
+                    format!(
+                        "{n} is outside 0 ..= {MAX_REALTIME_PRIORITY} \
+                         (0 = normal scheduling, 1-99 = SCHED_FIFO priority)"
+                    )
+                })
+        },
+    );
 
     SipConfig {
         listen,
@@ -1163,6 +1195,7 @@ fn check_sip(raw: RawSip, base_dir: &Path, ck: &mut Checker) -> SipConfig {
         secret_file,
         recv_buffer,
         source_pps_limit,
+        realtime_priority,
     }
 }
 
@@ -1873,6 +1906,7 @@ impl From<&Config> for RawConfig {
             secret_file: Some(path_text(s.secret_file.as_ref())),
             recv_buffer: Some(SizeValue(format_size(s.recv_buffer))),
             source_pps_limit: Some(s.source_pps_limit),
+            realtime_priority: Some(u32::from(s.realtime_priority)),
         };
         let cr = &c.credit;
         let credit = RawCredit {
@@ -2078,7 +2112,7 @@ mod tests {
             msg,
             "unknown key (expected one of: listen, advertise, upstream, record_route, trusted, \
              workers, check_methods, forward_other_methods, secret, secret_file, recv_buffer, \
-             source_pps_limit)"
+             source_pps_limit, realtime_priority)"
         );
     }
 
@@ -2833,6 +2867,26 @@ listen = \"localhost\"
         problem_at(&with("recv_buffer = \"2GiB\"\n"), "sip.recv_buffer");
         problem_at(&with("recv_buffer = -5\n"), "sip.recv_buffer");
         assert_eq!(ok(&with("recv_buffer = 65536\n")).sip.recv_buffer, 65_536);
+    }
+
+    #[test]
+    fn realtime_priority_is_off_by_default_and_bounded() {
+        assert_eq!(ok(&with("")).sip.realtime_priority, 0);
+        assert_eq!(
+            ok(&with("realtime_priority = 10\n")).sip.realtime_priority,
+            10
+        );
+        assert_eq!(
+            ok(&with("realtime_priority = 99\n")).sip.realtime_priority,
+            99
+        );
+        let msg = problem_at(&with("realtime_priority = 100\n"), "sip.realtime_priority");
+        assert!(msg.contains("0 ..= 99"), "{msg}");
+        problem_at(&with("realtime_priority = -1\n"), "sip.realtime_priority");
+        problem_at(
+            &with("realtime_priority = \"high\"\n"),
+            "sip.realtime_priority",
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@ mod cli;
 
 /// Exit code for an invalid configuration (distinct from runtime failures).
 const EXIT_CONFIG: u8 = 2;
+/// How long the packet runtime may take to stop once `run` returned (its tasks have ended by
+/// then; this only bounds the wait for its threads).
+const PACKET_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Parser)]
 #[command(
@@ -86,18 +89,20 @@ fn main() -> ExitCode {
             };
             creditgate::daemon::logging::init(&cfg.log);
             let workers = creditgate::daemon::net::worker_count(cfg.sip.workers);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+            let runtimes = creditgate::daemon::packet_runtime(workers, cfg.sip.realtime_priority)
+                .and_then(|p| Ok((p, creditgate::daemon::control_runtime()?)));
+            let (packet, control) = match runtimes {
+                Ok(r) => r,
                 Err(e) => {
                     eprintln!("creditgate: cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(creditgate::daemon::run(cfg, path)) {
+            let result =
+                control.block_on(creditgate::daemon::run(cfg, path, packet.handle().clone()));
+            // `run` has awaited the receive tasks: nothing is left on the packet runtime.
+            packet.shutdown_timeout(PACKET_SHUTDOWN);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

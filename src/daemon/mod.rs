@@ -83,11 +83,85 @@ pub struct Shared {
     pub started: Instant,
 }
 
-/// Runs the daemon until SIGTERM/SIGINT. Must be called inside a tokio runtime.
-pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
+/// Name of the packet runtime's threads (`top -H`, `ps -L`; at most 15 bytes on Linux).
+pub const PACKET_THREAD_NAME: &str = "creditgate-sip";
+/// Name of the control runtime's threads.
+pub const CONTROL_THREAD_NAME: &str = "creditgate-ctl";
+/// Threads of the control runtime: one can serve an admin request while the other sends a
+/// watchdog keep-alive or schedules a refresh; none of it is busy.
+const CONTROL_THREADS: usize = 2;
+
+/// The runtime of the packet workers: `workers` threads named [`PACKET_THREAD_NAME`], under
+/// `SCHED_FIFO` at `realtime_priority` when that is not 0 ([`crate::sched::raise_to_realtime`];
+/// refused, they stay at normal priority with a warning). Only the receive tasks run on it: the
+/// admin API, signals, the refresh schedule and the watchdog run on the [`control_runtime`] at
+/// normal priority, and the refresh work itself on the credit source's `SCHED_IDLE` threads.
+pub fn packet_runtime(
+    workers: usize,
+    realtime_priority: u8,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // One log line per outcome, not one per thread.
+    let told_ok = Arc::new(AtomicBool::new(false));
+    let told_err = Arc::new(AtomicBool::new(false));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(PACKET_THREAD_NAME)
+        .on_thread_start(move || {
+            if realtime_priority == 0 {
+                return;
+            }
+            match crate::sched::raise_to_realtime(realtime_priority) {
+                Ok(()) => {
+                    if !told_ok.swap(true, Ordering::Relaxed) {
+                        tracing::info!(
+                            priority = realtime_priority,
+                            "packet worker threads run under SCHED_FIFO"
+                        );
+                    }
+                }
+                Err(error) => {
+                    if !told_err.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            priority = realtime_priority,
+                            %error,
+                            "sip.realtime_priority: cannot put the packet worker threads under \
+                             SCHED_FIFO (needs CAP_SYS_NICE or LimitRTPRIO); they run at normal \
+                             priority"
+                        );
+                    }
+                }
+            }
+        })
+        .enable_all()
+        .build()
+}
+
+/// The runtime [`run`] is driven on: the admin API, signals, the refresh schedule and the
+/// watchdog, at normal priority.
+pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CONTROL_THREADS)
+        .thread_name(CONTROL_THREAD_NAME)
+        .enable_all()
+        .build()
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Must be called inside a tokio runtime (the
+/// [`control_runtime`]); `packet` is the [`packet_runtime`], which gets the SIP sockets and
+/// their receive tasks.
+pub async fn run(
+    cfg: Config,
+    config_path: PathBuf,
+    packet: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let workers = net::worker_count(cfg.sip.workers);
-    let sockets = net::bind_all(&cfg, workers).context("binding the SIP sockets")?;
+    let sockets = {
+        // The sockets register with the reactor of the runtime they are made in.
+        let _packet = packet.enter();
+        net::bind_all(&cfg, workers).context("binding the SIP sockets")?
+    };
     let listeners = net::listeners(&cfg, &sockets);
     for l in &listeners {
         tracing::info!(bound = %l.bound, advertised = %format!("{}:{}", l.advertised_host, l.advertised_port), workers, "listening");
@@ -130,6 +204,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let mut heartbeats = Vec::new();
     for (w, group) in sockets.into_iter().enumerate() {
         for (task, heartbeat) in worker::spawn_group(
+            &packet,
             group,
             w,
             Arc::clone(&shared),
@@ -273,7 +348,7 @@ impl Reloader {
 /// The settings that differ between `running` and `new` but only take effect on a restart.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     let (r, n) = (running, new);
-    let checks: [(&'static str, bool); 17] = [
+    let checks: [(&'static str, bool); 18] = [
         ("sip.listen", r.sip.listen != n.sip.listen),
         ("sip.advertise", r.sip.advertise != n.sip.advertise),
         ("sip.workers", r.sip.workers != n.sip.workers),
@@ -283,6 +358,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         (
             "sip.source_pps_limit",
             r.sip.source_pps_limit != n.sip.source_pps_limit,
+        ),
+        (
+            "sip.realtime_priority",
+            r.sip.realtime_priority != n.sip.realtime_priority,
         ),
         ("credit.source", r.credit.source != n.credit.source),
         ("credit.file", r.credit.file != n.credit.file),

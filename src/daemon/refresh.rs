@@ -51,7 +51,7 @@ impl Source {
                 std::thread::Builder::new()
                     .name("creditgate-apply".into())
                     .spawn(move || {
-                        crate::source::redis::lower_thread_priority();
+                        crate::sched::lower_thread_priority();
                         let _ =
                             tx.send(snap.apply_full(accounts, Instant::now(), max_shrink, force));
                     })

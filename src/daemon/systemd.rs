@@ -264,6 +264,7 @@ mod tests {
         let addr = sock.local_addr().unwrap();
         let shared = test_shared(&[addr]);
         let (busy_task, busy) = worker::spawn_group(
+            &tokio::runtime::Handle::current(),
             vec![sock],
             1,
             Arc::clone(&shared),

@@ -68,14 +68,16 @@ impl Heartbeat {
     }
 }
 
-/// Spawns one receive task per socket of worker `worker`'s group and returns each task with
-/// its [`Heartbeat`].
+/// Spawns one receive task per socket of worker `worker`'s group on `runtime` (the packet
+/// runtime, whose reactor the sockets are registered with) and returns each task with its
+/// [`Heartbeat`].
 ///
 /// `source_pps_limit` is `[sip] source_pps_limit` (0 = off): each task gets its own
 /// [`flood::Limiter`]. `tick` is the heartbeat tick when the systemd watchdog is on; `None`
 /// leaves the receive loop without a timer (it then beats per datagram only, which nobody
 /// reads).
 pub fn spawn_group(
+    runtime: &tokio::runtime::Handle,
     group: SocketGroup,
     worker: usize,
     shared: Arc<Shared>,
@@ -99,7 +101,7 @@ pub fn spawn_group(
                 heartbeat: Arc::clone(&heartbeat),
                 tick,
             };
-            (tokio::spawn(serve(task, shutdown.clone())), heartbeat)
+            (runtime.spawn(serve(task, shutdown.clone())), heartbeat)
         })
         .collect()
 }
@@ -245,6 +247,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let spawn = |sock, worker, tick| {
             spawn_group(
+                &tokio::runtime::Handle::current(),
                 vec![sock],
                 worker,
                 Arc::clone(&shared),

@@ -99,44 +99,6 @@ pub struct RedisSource {
     pub stats: RedisStats,
 }
 
-/// Niceness of the threads doing refresh work where `SCHED_IDLE` cannot be had: at nice 10 a
-/// CPU-bound refresh gets about a tenth of a core against a busy packet worker at nice 0.
-const BACKGROUND_NICE: i32 = 10;
-
-/// Puts the calling thread, one that does refresh work (Redis reads and parsing, applying to
-/// the snapshot), under `SCHED_IDLE`: it runs only on CPU time no normal thread wants, and a
-/// packet worker that wakes up preempts it at once. Niceness alone was not enough on 2 cores:
-/// a refresh compressed into 4 s kept the packet workers waiting for a CPU often enough to
-/// lift their p99 tenfold (BENCHMARKS.md). Under an overload that keeps every core busy a
-/// refresh waits for it to pass (the snapshot ages, `on_stale` applies), which is the right
-/// order: packets first. Falls back to nice [`BACKGROUND_NICE`]; best effort, a failure is
-/// logged at debug level. An unprivileged process cannot undo either for the thread.
-pub fn lower_thread_priority() {
-    use thread_priority::{
-        NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
-    };
-    let idle = thread_priority::set_thread_priority_and_policy(
-        thread_priority::thread_native_id(),
-        ThreadPriority::Min,
-        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
-    );
-    if idle.is_ok() {
-        return;
-    }
-    // thread-priority maps 0..=99 linearly onto niceness 19..=-20; 22 is nice 10.
-    let mapped = u8::try_from((19 - BACKGROUND_NICE) * 99 / 39)
-        .ok()
-        .and_then(|p| ThreadPriorityValue::try_from(p).ok());
-    let result = match mapped {
-        Some(p) => thread_priority::set_current_thread_priority(ThreadPriority::Crossplatform(p))
-            .map_err(|e| format!("{e:?}")),
-        None => Err("no mapping".to_owned()),
-    };
-    if let Err(e) = result {
-        tracing::debug!(idle_error = ?idle.err(), error = %e, "cannot lower the priority of a refresh thread");
-    }
-}
-
 /// A runtime of its own (threads named `name`), kept alive by a dedicated OS thread, stopped
 /// when dropped.
 struct OwnRuntime {
@@ -151,7 +113,7 @@ impl OwnRuntime {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(name)
-            .on_thread_start(lower_thread_priority)
+            .on_thread_start(crate::sched::lower_thread_priority)
             .enable_all()
             .build()?;
         let handle = rt.handle().clone();
@@ -809,29 +771,6 @@ mod tests {
         assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
         assert_eq!(l.allow(t0 + Duration::from_secs(2)), None);
         assert_eq!(l.allow(t0 + LOG_EVERY), Some(2));
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn refresh_threads_run_under_sched_idle() {
-        let (policy, nice) = std::thread::spawn(|| {
-            lower_thread_priority();
-            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-            // Fields 19 (nice) and 41 (policy), counted after the parenthesised command name.
-            let after: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-            (
-                after[38].parse::<i32>().unwrap(),
-                after[16].parse::<i32>().unwrap(),
-            )
-        })
-        .join()
-        .unwrap();
-        // SCHED_IDLE is policy 5; where it is refused, at least nice 10 (a test run already
-        // under `nice -n 15` cannot go back to 10).
-        assert!(
-            policy == 5 || nice >= BACKGROUND_NICE,
-            "policy {policy}, nice {nice}"
-        );
     }
 
     #[test]
