@@ -12,7 +12,8 @@
 #
 # For every rate, REPS repetitions, each running every daemon one after the other (the order
 # rotates between repetitions), with examples/udp_load.rs as caller and switch:
-#   * admission latency p50/p99 (INVITE sent → INVITE at the switch, or → 402 at the caller),
+#   * admission latency p50/p99 (INVITE leaving the caller → INVITE at the switch, or → 402 at
+#     the caller, by the kernel's timestamps: see examples/udp_load.rs),
 #     lost (no answer within 1 s after the last INVITE),
 #   * the daemon's CPU time during the run (utime + stime from /proc/PID/stat, summed over all
 #     Kamailio processes; creditgate is one process) per answered call,
@@ -250,6 +251,9 @@ path, tck = sys.argv[1], int(sys.argv[2])
 rows = {}
 for ln in open(path):
     daemon, rate, rest = ln.split(" ", 2)
+    # udp_load's latency by the kernel's timestamps comes first; its user-space figures
+    # (" | user: p50=...") would repeat the keys.
+    rest = re.sub(r" \| user:.*?(?= daemon_sock_drops=)", "", rest)
     kv = dict(re.findall(r"(\w+)=([0-9.]+)", rest))
     answered = int(kv["admitted"]) + int(kv["refused"])
     rows.setdefault(int(rate), {}).setdefault(daemon, []).append({

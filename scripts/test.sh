@@ -18,7 +18,8 @@ command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 # A C/C++ toolchain: mimalloc is built from C, libFuzzer (scripts/fuzz.sh) from C++.
 command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+# unshare (netns torture run), setpriv and prlimit (scheduling tests)
+for c in unshare setpriv prlimit; do command -v "$c" >/dev/null 2>&1 || { need_apt+=(util-linux); break; }; done
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -2,12 +2,13 @@
 //! watchdog keep-alive, through `sd-notify`. Every call is a no-op when `NOTIFY_SOCKET` is unset
 //! (not started by systemd), and a failed notification is logged, never fatal.
 //!
-//! The watchdog task runs on the same tokio runtime as the packet workers and sends WATCHDOG=1
-//! only when every receive task (one per worker and listen address) beat since the previous
+//! The watchdog task runs on the control runtime and sends WATCHDOG=1 only when every receive
+//! task (one per worker and listen address, on the packet runtime) beat since the previous
 //! round: each beats for every datagram it receives and on a tick of its own receive loop
 //! (`worker.rs`, [`Heartbeat`]), so idle tasks keep the keep-alives coming without any probe
 //! traffic. One task stuck in its handler (a busy loop, a deadlock) or ended by a panic, or a
-//! wedged runtime, stops them even while the other workers carry traffic: the round is withheld,
+//! wedged packet runtime, stops them even while the other workers carry traffic (a wedged
+//! control runtime sends none at all): the round is withheld,
 //! counted (`creditgate_watchdog_withheld_total`) and logged naming the silent tasks, and
 //! systemd restarts the service after `WatchdogSec=`.
 //!

@@ -240,6 +240,13 @@ impl Daemon {
     ///
     /// Panics, printing the daemon log, if the process exits or never answers.
     pub fn start(config: &str, accounts: &str) -> Daemon {
+        Daemon::start_wrapped(config, accounts, &[])
+    }
+
+    /// [`Daemon::start`] with the binary run through `wrapper` (a command and its arguments,
+    /// e.g. `["setpriv", "--bounding-set=-sys_nice", "--"]`), which must exec its last argument
+    /// list; [`Daemon::pid`] is then the wrapper's pid, which is the daemon's after the exec.
+    pub fn start_wrapped(config: &str, accounts: &str, wrapper: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("creditgate-it-")
             .tempdir()
@@ -249,7 +256,15 @@ impl Daemon {
         let configured = configured_listen(config);
         let log = fs::File::create(dir.path().join("daemon.log")).expect("create daemon.log");
         let out = fs::File::create(dir.path().join("stdout.log")).expect("create stdout.log");
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(dir.path().join("creditgate.toml"))

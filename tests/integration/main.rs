@@ -3,7 +3,8 @@
 //! (127.0.0.2). One test binary for every integration suite (STYLE rule 12):
 //!
 //! * [`harness`] — spawning the daemon, ports, configs, UDP endpoints, SIP read/build helpers;
-//! * [`proxy`] — SIP behaviour of SPEC section 6 end to end, and the config CLI (section 3).
+//! * [`proxy`] — SIP behaviour of SPEC section 6 end to end, and the config CLI (section 3);
+//! * [`sched`] — the scheduling classes of the daemon's threads (`[sip] realtime_priority`).
 //!
 //! Run with `cargo test --test integration`. Each test starts its own daemon on its own
 //! ports, so tests run in parallel.
@@ -15,4 +16,5 @@ mod harness;
 mod ops;
 mod proxy;
 mod redis;
+mod sched;
 mod sipp;
