@@ -264,7 +264,7 @@ for ln in open(path):
         "rss": int(kv["rss_kb"]) / 1024, "pss": int(kv["pss_kb"]) / 1024,
     })
 med = lambda xs: statistics.median(xs)
-print("Medians of the repetitions (latency: INVITE sent → INVITE at the switch or refusal at the")
+print("Medians of the repetitions (latency, by the kernel's timestamps: INVITE leaving the caller → INVITE at the switch or refusal at the")
 print("caller; lost: no answer within 1 s, in brackets how many of those the kernel dropped at the")
 print("daemon's own socket (/proc/net/udp), the rest were dropped in the load tool's sockets or late;")
 print("CPU: the daemon's utime+stime during the run / answered calls; memory after the run).")
