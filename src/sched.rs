@@ -54,8 +54,8 @@ pub fn lower_thread_priority() {
 /// Why: at normal priority a worker woken by a datagram waits for whatever normal process holds
 /// its CPU to reach the end of its time slice, and the scheduler does not move it to a CPU that
 /// runs only `SCHED_IDLE` refresh work. With Redis on the same host, a full refresh keeps
-/// redis-server busy for seconds, and that wait lifted the admission p99 from about 0.25 ms to
-/// 2-3 ms (`perf sched` traces and figures in BENCHMARKS.md). A `SCHED_FIFO` worker preempts a
+/// redis-server busy for seconds, and that wait lifted the admission p99 from about 0.3 ms to
+/// about 2 ms (`perf sched` traces and figures in BENCHMARKS.md). A `SCHED_FIFO` worker preempts a
 /// normal process as soon as it wakes.
 ///
 /// Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of at least `priority`; the error says what the
