@@ -8,6 +8,9 @@
 //! short body, an unknown SIP version) are recorded as a [`Defect`] on an otherwise scanned
 //! message, so the proxy can still build a `400`/`505` from the headers it found.
 
+// Hostile input never panics (STYLE rule 10): no indexing outside tests.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::ops::Range;
 
 use smallvec::SmallVec;
@@ -37,12 +40,12 @@ pub enum Hdr {
 /// The one place header names (long and compact forms, any case) are canonicalised.
 pub fn canonical(name: &[u8]) -> Hdr {
     if name.len() == 1 {
-        return match name[0].to_ascii_lowercase() {
-            b'v' => Hdr::Via,
-            b'f' => Hdr::From,
-            b't' => Hdr::To,
-            b'i' => Hdr::CallId,
-            b'l' => Hdr::ContentLength,
+        return match name.first().map(u8::to_ascii_lowercase) {
+            Some(b'v') => Hdr::Via,
+            Some(b'f') => Hdr::From,
+            Some(b't') => Hdr::To,
+            Some(b'i') => Hdr::CallId,
+            Some(b'l') => Hdr::ContentLength,
             _ => Hdr::Other,
         };
     }
@@ -187,11 +190,11 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
     }
     // RFC 3261 7.5: ignore CRLFs before the start line.
     let mut pos = 0;
-    while pos + 1 < buf.len() && buf[pos] == b'\r' && buf[pos + 1] == b'\n' {
+    while buf.get(pos..pos + 2) == Some(b"\r\n") {
         pos += 2;
     }
     let (sl_end, mut next, sl_bare) = line_end(buf, pos).ok_or(ScanError::NoStartLine)?;
-    let first = &buf[pos..sl_end];
+    let first = at(buf, pos..sl_end);
     let mut defect = None;
     let start = if first.starts_with(b"SIP/") {
         parse_status_line(first)?
@@ -241,38 +244,38 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
             value_end = e;
             line_stop = a;
         }
-        if line_start < buf.len() && matches!(buf[line_start], b' ' | b'\t') {
+        if matches!(buf.get(line_start), Some(b' ' | b'\t')) {
             // A continuation with no header before it (first header line folded).
             defect.get_or_insert(Defect::BadHeaderLine);
             next = line_stop;
             continue;
         }
-        let name_end = buf[line_start..end]
+        let name_end = at(buf, line_start..end)
             .iter()
             .position(|b| !is_token_char(*b))
             .map_or(end, |p| line_start + p);
         let mut p = name_end;
-        while p < end && matches!(buf[p], b' ' | b'\t') {
+        while p < end && matches!(buf.get(p), Some(b' ' | b'\t')) {
             p += 1;
         }
-        if name_end == line_start || p >= end || buf[p] != b':' {
+        if name_end == line_start || p >= end || buf.get(p) != Some(&b':') {
             defect.get_or_insert(Defect::BadHeaderLine);
             next = line_stop;
             continue;
         }
         let mut vs = p + 1;
-        while vs < value_end && matches!(buf[vs], b' ' | b'\t' | b'\r' | b'\n') {
+        while vs < value_end && matches!(buf.get(vs), Some(b' ' | b'\t' | b'\r' | b'\n')) {
             vs += 1;
         }
         let mut ve = value_end;
-        while ve > vs && matches!(buf[ve - 1], b' ' | b'\t' | b'\r' | b'\n') {
+        while ve > vs && matches!(buf.get(ve - 1), Some(b' ' | b'\t' | b'\r' | b'\n')) {
             ve -= 1;
         }
         if headers.len() >= MAX_HEADERS {
             defect = Some(Defect::TooManyHeaders);
         } else {
             headers.push(HeaderLine {
-                kind: canonical(&buf[line_start..name_end]),
+                kind: canonical(at(buf, line_start..name_end)),
                 name: line_start..name_end,
                 value: vs..ve,
                 line: line_start..line_stop,
@@ -283,10 +286,10 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
 
     // Framing by Content-Length (RFC 3261 18.3): over UDP a missing Content-Length means the
     // rest of the datagram; extra octets after the body are discarded; a short body is an error.
-    let available = buf.len() - next;
+    let available = buf.len().saturating_sub(next);
     let mut cl: Option<usize> = None;
     for h in headers.iter().filter(|h| h.kind == Hdr::ContentLength) {
-        match parse_u32_digits(&buf[h.value.clone()]) {
+        match parse_u32_digits(at(buf, h.value.clone())) {
             Some(v) => match cl {
                 Some(prev) if prev != v as usize => {
                     defect.get_or_insert(Defect::ConflictingContentLength);
@@ -317,6 +320,13 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
     })
 }
 
+/// `buf[r]`, or empty when `r` is not inside `buf`. Spans come from the scanner and always fit;
+/// this keeps a bug from becoming a panic on hostile input (STYLE rule 10).
+#[inline]
+pub fn at(buf: &[u8], r: Range<usize>) -> &[u8] {
+    buf.get(r).unwrap_or_default()
+}
+
 /// A decimal of 1 to 9 digits (no sign, no space): Content-Length, CSeq, Max-Forwards.
 pub fn parse_u32_digits(s: &[u8]) -> Option<u32> {
     if s.is_empty() || s.len() > 10 || !s.iter().all(u8::is_ascii_digit) {
@@ -334,13 +344,14 @@ fn parse_status_line(line: &[u8]) -> Result<Start, ScanError> {
     let rest = line
         .strip_prefix(b"SIP/2.0 ")
         .ok_or(ScanError::BadStatusLine)?;
-    if rest.len() < 4 || rest[3] != b' ' || !rest[..3].iter().all(u8::is_ascii_digit) {
+    let (Some(&[a, b, c, b' ']), Some(reason)) = (rest.get(..4), rest.get(4..)) else {
+        return Err(ScanError::BadStatusLine);
+    };
+    if ![a, b, c].iter().all(u8::is_ascii_digit) {
         return Err(ScanError::BadStatusLine);
     }
-    let code = u16::from(rest[0] - b'0') * 100
-        + u16::from(rest[1] - b'0') * 10
-        + u16::from(rest[2] - b'0');
-    if !(100..=699).contains(&code) || rest[4..].iter().any(|b| *b == b'\r' || *b == b'\n') {
+    let code = u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
+    if !(100..=699).contains(&code) || reason.iter().any(|b| *b == b'\r' || *b == b'\n') {
         return Err(ScanError::BadStatusLine);
     }
     Ok(Start::Response { code })
@@ -349,23 +360,23 @@ fn parse_status_line(line: &[u8]) -> Result<Start, ScanError> {
 /// `Method SP Request-URI SP SIP-Version`, exactly one SP between the parts, nothing after.
 fn parse_request_line(line: &[u8], base: usize) -> Result<Start, Defect> {
     let sp1 = memchr::memchr(b' ', line).ok_or(Defect::BadRequestLine)?;
-    let method = &line[..sp1];
+    let method = at(line, 0..sp1);
     if method.is_empty() || !method.iter().all(|b| is_token_char(*b)) {
         return Err(Defect::BadRequestLine);
     }
-    let rest = &line[sp1 + 1..];
+    let rest = line.get(sp1 + 1..).unwrap_or_default();
     let sp2 = memchr::memchr(b' ', rest).ok_or(Defect::BadRequestLine)?;
-    let uri = &rest[..sp2];
+    let uri = at(rest, 0..sp2);
     if uri.is_empty() || uri.iter().any(|b| *b <= b' ' || *b == 0x7f) {
         return Err(Defect::BadRequestLine);
     }
-    let version = &rest[sp2 + 1..];
+    let version = rest.get(sp2 + 1..).unwrap_or_default();
     if !version.eq_ignore_ascii_case(b"SIP/2.0") {
         // "SIP/" 1*DIGIT "." 1*DIGIT of another version: 505; anything else is malformed.
         let v = version
             .get(..4)
             .filter(|p| p.eq_ignore_ascii_case(b"SIP/"))
-            .map(|_| &version[4..]);
+            .and_then(|_| version.get(4..));
         let well_formed = v.is_some_and(|v| {
             let mut parts = v.split(|b| *b == b'.');
             let a = parts.next().unwrap_or_default();

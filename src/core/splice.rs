@@ -2,6 +2,9 @@
 //! replace, delete at byte spans). Untouched bytes are copied as they came, so header case,
 //! compact forms, folding, unknown headers and binary bodies pass byte for byte.
 
+// Hostile input never panics (STYLE rule 10): no indexing outside tests.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::ops::Range;
 
 use smallvec::SmallVec;
@@ -59,11 +62,11 @@ impl Edits {
             if span.start < at || span.end > end || span.start > span.end {
                 continue;
             }
-            out.extend_from_slice(&buf[at..span.start]);
+            out.extend_from_slice(buf.get(at..span.start).unwrap_or_default());
             out.extend_from_slice(ins.as_slice());
             at = span.end;
         }
-        out.extend_from_slice(&buf[at..end]);
+        out.extend_from_slice(buf.get(at..end).unwrap_or_default());
     }
 
     /// Applies the edits to `buf[..end]`. Overlapping edits (a bug) are skipped rather than
