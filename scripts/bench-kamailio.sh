@@ -24,6 +24,11 @@
 #
 #   scripts/bench-kamailio.sh [ACCOUNTS] [SECONDS] [REPS] [RATES]
 #   scripts/bench-kamailio.sh 100000 5 3 "2000 5000 10000 20000"     # the defaults
+#   CG_BASELINE=/path/to/older/creditgate scripts/bench-kamailio.sh ...
+#
+# CG_BASELINE adds a fourth daemon, "creditgate-base": another creditgate binary (an older
+# build, e.g. `git worktree add /tmp/base REV && cargo build --release` there) on 127.0.0.6 with
+# the same configuration, so a change's cost per call is measured against its parent in one run.
 #
 # Loopback only (Kamailio on 127.0.0.3:5060 and 127.0.0.5:5060, creditgate on 127.0.0.4, the
 # switch on 127.0.0.2);
@@ -50,7 +55,9 @@ WORK=$(mktemp -d /tmp/creditgate-bench-kam.XXXXXX)
 KAM_PID=""
 KQM_PID=""
 CG_PID=""
+CGB_PID=""
 cleanup() {
+    [ -n "$CGB_PID" ] && kill "$CGB_PID" 2>/dev/null || true
     [ -n "$KAM_PID" ] && kill "$KAM_PID" 2>/dev/null || true
     [ -n "$KQM_PID" ] && kill "$KQM_PID" 2>/dev/null || true
     [ -n "$CG_PID" ] && kill "$CG_PID" 2>/dev/null || true
@@ -85,6 +92,7 @@ if [ "$KAM_QM" = 1 ]; then
     port_free 127.0.0.5 5060 || { echo "127.0.0.5:5060 is in use" >&2; exit 1; }
 fi
 CG_ADDR=127.0.0.4:$(free_port 127.0.0.4)
+CGB_ADDR=127.0.0.6:$(free_port 127.0.0.6)
 SWITCH_ADDR=127.0.0.2:$(free_port 127.0.0.2)
 
 # The same accounts for both: creditgate's accounts.toml and Kamailio's db_text table
@@ -138,14 +146,21 @@ if [ "$KAM_QM" = 1 ]; then
 fi
 NO_COLOR=1 "$BIN" run --config "$WORK/creditgate.toml" >"$WORK/creditgate.log" 2>&1 &
 CG_PID=$!
+if [ -n "${CG_BASELINE:-}" ]; then
+    sed "s|^listen = \[\"$CG_ADDR\"\]|listen = [\"$CGB_ADDR\"]|" "$WORK/creditgate.toml" >"$WORK/creditgate-base.toml"
+    NO_COLOR=1 "$CG_BASELINE" run --config "$WORK/creditgate-base.toml" >"$WORK/creditgate-base.log" 2>&1 &
+    CGB_PID=$!
+    DAEMONS="$DAEMONS creditgate-base"
+fi
 
 listening() { [ -n "$(ss -Hnul "src $1")" ]; }
 for _ in $(seq 200); do
-    listening "$KAM_ADDR" && listening "$CG_ADDR" && { [ "$KAM_QM" != 1 ] || listening "$KQM_ADDR"; } && break
+    listening "$KAM_ADDR" && listening "$CG_ADDR" && { [ "$KAM_QM" != 1 ] || listening "$KQM_ADDR"; } \
+        && { [ -z "$CGB_PID" ] || listening "$CGB_ADDR"; } && break
     sleep 0.1
 done
 sleep 1
-for p in "$KAM_PID" "$CG_PID" $KQM_PID; do
+for p in "$KAM_PID" "$CG_PID" $KQM_PID $CGB_PID; do
     kill -0 "$p" 2>/dev/null || { echo "a daemon died:" >&2; cat "$WORK"/*.log >&2; exit 1; }
 done
 
@@ -189,6 +204,7 @@ run() {
     case $daemon in
         kamailio) target=$KAM_ADDR; pids=$KAM_PIDS ;;
         kamailio-qm) target=$KQM_ADDR; pids=$KQM_PIDS ;;
+        creditgate-base) target=$CGB_ADDR; pids=$CGB_PID ;;
         *) target=$CG_ADDR; pids=$CG_PID ;;
     esac
     # shellcheck disable=SC2086
@@ -238,12 +254,14 @@ done
 HWM="creditgate VmHWM $(mem_kb VmHWM $CG_PID) KiB; kamailio VmHWM summed over processes $(mem_kb VmHWM $KAM_PIDS) KiB"
 # shellcheck disable=SC2086
 [ -n "$KQM_PIDS" ] && HWM="$HWM; kamailio-qm $(mem_kb VmHWM $KQM_PIDS) KiB"
+[ -n "$CGB_PID" ] && HWM="$HWM; creditgate-base $(mem_kb VmHWM $CGB_PID) KiB"
 
 echo
 echo "### Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) vCPU $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'), Linux $(uname -r)"
 echo
 echo "Command: \`scripts/bench-kamailio.sh $ACCOUNTS $DURATION $REPS \"$RATES\"\`;" \
     "$("$BIN" --version), $(kamailio -v | head -1 | sed 's/^version: //')"
+[ -n "$CGB_PID" ] && echo "creditgate-base: $CG_BASELINE"
 echo
 python3 - "$WORK/results.txt" "$TCK" <<'EOF'
 import re, statistics, sys
@@ -275,9 +293,14 @@ sep = "|---|---|---|---|"
 if qm:
     head += " Kamailio default (qm) | qm / creditgate |"
     sep += "---|---|"
+base = any("creditgate-base" in v for v in rows.values())
+if base:
+    head += " creditgate-base | base / creditgate |"
+    sep += "---|---|"
 for rate in sorted(rows):
     c = rows[rate].get("creditgate", [])
     ks = [rows[rate].get("kamailio", [])] + ([rows[rate].get("kamailio-qm", [])] if qm else [])
+    ks += [rows[rate].get("creditgate-base", [])] if base else []
     if not c or not all(ks):
         continue
     print(f"**{rate} INVITE/s** ({c[0]['sent']} per run)")
