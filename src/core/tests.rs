@@ -1374,3 +1374,55 @@ fn ipv6_listeners_and_upstreams_bridge_families() {
     // The IPv6 upstream is trusted by its address.
     assert!(p.is_trusted("2001:db8::5".parse().unwrap()));
 }
+
+/// RFC 5118 4.2: an IPv6 reference must be bracketed in a SIP URI. A bare IPv6 address in the
+/// Request-URI (or a Route) is a malformed URI: 400, never forwarded.
+#[test]
+fn bare_ipv6_request_uri_gets_400() {
+    let w = world();
+    let p = policy();
+    for ruri in [
+        "sip:2001:db8::10",
+        "sip:user@2001:db8::10",
+        "sip:fe80::1",
+        "sip:db8::10",
+        "sip:abc:12::1",
+        "sip:1::1",
+        "sip:::1",
+        "sip:127.0.0.2:5080::1",
+        "sip:2001:db8::10;transport=udp",
+        "sip:user@::ffff:127.0.0.2",
+        // maddr-param = "maddr=" host: the same rule applies to the address it names.
+        "sip:alice@example.com;maddr=2001:db8::10",
+        "sip:127.0.0.2:5080;maddr=::ffff:127.0.0.2",
+        "sip:127.0.0.2;lr;maddr=fe80::1;transport=udp",
+    ] {
+        for method in ["REGISTER", "OPTIONS", "INVITE", "MESSAGE"] {
+            let m = format!(
+                "{method} {ruri} SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP 127.0.0.1:40000;rport;branch=z9hG4bK-v6\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:alice@example.com>;tag=ft\r\n\
+                 To: <sip:alice@example.com>\r\n\
+                 Call-ID: v6@example.com\r\n\
+                 CSeq: 1 {method}\r\n\
+                 Content-Length: 0\r\n\r\n"
+            );
+            let o = run(&w, &p, m.as_bytes(), CALLER);
+            let (to, r) = reply(&o);
+            assert_eq!(to, sa(CALLER), "{method} {ruri}");
+            assert!(
+                r.starts_with("SIP/2.0 400 Malformed Request-URI\r\n"),
+                "{method} {ruri}: {r}"
+            );
+        }
+    }
+    // The bracketed form (RFC 5118 4.1) is a well-formed URI.
+    let m = as_method(&invite("alice", "v6ok", ""), "INVITE");
+    let m = text(&m).replace(
+        "sip:+4915112345@127.0.0.1",
+        "sip:+4915112345@[2001:db8::10]",
+    );
+    let o = run(&w, &p, m.as_bytes(), CALLER);
+    assert_eq!(fwd(&o).0, sa(SWITCH));
+}
