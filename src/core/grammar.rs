@@ -576,9 +576,21 @@ pub fn parse_uri(buf: &[u8], r: Range<usize>) -> Result<Uri, GrammarError> {
                 return Err(GrammarError::Uri);
             }
             out.params = c.pos..rest0 + q;
+            // maddr-param = "maddr=" host (RFC 3261 25.1): an IPv6 address there must be
+            // bracketed like the host itself (RFC 5118 4.2), or the next hop would be read
+            // from a value no grammar allows.
+            if out.param(buf, b"maddr").is_some_and(|v| !is_host(v)) {
+                return Err(GrammarError::Uri);
+            }
             Ok(out)
         }
     }
+}
+
+/// Whether `v` is exactly a `host` (hostname, IPv4 address or bracketed IPv6 reference).
+fn is_host(v: &[u8]) -> bool {
+    let mut c = Cur::new(v, 0..v.len());
+    matches!(host_port(&mut c), Some((_, _, None))) && c.at_end()
 }
 
 /// `CSeq: number method`; returns (number, method span). Number < 2^31 (RFC 3261 8.1.1.5).
@@ -622,6 +634,36 @@ mod tests {
 
     fn all(b: &[u8]) -> Range<usize> {
         0..b.len()
+    }
+
+    #[test]
+    fn ipv6_hosts_must_be_bracketed() {
+        for bad in [
+            &b"sip:2001:db8::10"[..],
+            b"sip:u@fe80::1",
+            b"sip:::1",
+            b"sip:u@example.com;maddr=2001:db8::10",
+            b"sip:u@example.com;maddr=",
+        ] {
+            assert!(
+                parse_uri(bad, all(bad)).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [
+            &b"sip:[2001:db8::10]"[..],
+            b"sip:u@[2001:db8::10]:5070;lr",
+            b"sip:u@example.com;maddr=[2001:db8::10]",
+            b"sip:u@example.com;maddr=192.0.2.1;lr",
+            b"sip:u@example.com;maddr=ss1.example.com",
+        ] {
+            assert!(
+                parse_uri(good, all(good)).is_ok(),
+                "{}",
+                String::from_utf8_lossy(good)
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! * branch = `z9hG4bK` `cg` hex(HMAC("b", transaction id)[..8]) hex(HMAC("l", loop fields)[..4]).
 //!   The first part is verified on responses (recomputed from the Via below ours), the second is
-//!   the RFC 3261 16.6 step 8 loop-detection hash.
+//!   the RFC 3261 16.6 step 8 loop-detection hash (its fields are chosen in `proxy.rs`).
 //! * refusal To-tag = `cg` hex(HMAC("t", Call-ID, From-tag, CSeq number, top branch)[..8]).
 //! * Route token = hex(HMAC("r", Call-ID, tag of the dialog's initiator)[..10]).
 //!
@@ -56,6 +56,10 @@ impl Keys {
     }
 
     fn digest(&self, domain: u8, parts: &[&[u8]]) -> [u8; 32] {
+        self.digest_iter(domain, parts.iter().copied())
+    }
+
+    fn digest_iter<'p>(&self, domain: u8, parts: impl IntoIterator<Item = &'p [u8]>) -> [u8; 32] {
         let mut m = self.mac.clone();
         m.update(&[domain]);
         for p in parts {
@@ -74,20 +78,20 @@ impl Keys {
         out
     }
 
-    /// The loop-detection part of the branch (8 hex digits).
-    pub fn branch_loop(&self, fields: &[&[u8]]) -> [u8; 8] {
-        let d = self.digest(b'l', fields);
+    /// The loop-detection part of the branch (8 hex digits), over any number of fields.
+    pub fn branch_loop<'p>(&self, fields: impl IntoIterator<Item = &'p [u8]>) -> [u8; 8] {
+        let d = self.digest_iter(b'l', fields);
         let mut out = [0u8; 8];
         hex_into(&mut out, &d[..4]);
         out
     }
 
-    /// A whole branch value.
-    pub fn branch(&self, txn: &[&[u8]], loop_fields: &[&[u8]]) -> [u8; BRANCH_LEN] {
+    /// A whole branch value, from the transaction fields and a [`Keys::branch_loop`] value.
+    pub fn branch(&self, txn: &[&[u8]], loop_hash: &[u8; 8]) -> [u8; BRANCH_LEN] {
         let mut out = [0u8; BRANCH_LEN];
         out[..9].copy_from_slice(b"z9hG4bKcg");
         out[9..25].copy_from_slice(&self.branch_txn(txn));
-        out[25..].copy_from_slice(&self.branch_loop(loop_fields));
+        out[25..].copy_from_slice(loop_hash);
         out
     }
 
@@ -128,8 +132,21 @@ mod tests {
     fn deterministic_and_keyed() {
         let k1 = Keys::new(b"0123456789abcdef0123456789abcdef");
         let k2 = Keys::new(b"another secret of enough length!");
-        assert_eq!(k1.branch(&[b"a"], &[b"b"]), k1.branch(&[b"a"], &[b"b"]));
-        assert_ne!(k1.branch(&[b"a"], &[b"b"]), k2.branch(&[b"a"], &[b"b"]));
+        let l1 = k1.branch_loop([&b"b"[..]]);
+        assert_eq!(k1.branch(&[b"a"], &l1), k1.branch(&[b"a"], &l1));
+        assert_ne!(
+            k1.branch(&[b"a"], &l1),
+            k2.branch(&[b"a"], &k2.branch_loop([&b"b"[..]]))
+        );
+        // The loop hash is length-prefixed per field like the rest.
+        assert_ne!(
+            k1.branch_loop([&b"ab"[..], b"c"]),
+            k1.branch_loop([&b"a"[..], b"bc"])
+        );
+        assert_ne!(
+            k1.branch_loop([&b"a"[..]]),
+            k1.branch_loop([&b"a"[..], b""])
+        );
         // Length prefixes: moving a byte between fields changes the value.
         assert_ne!(k1.route_token(b"ab", b"c"), k1.route_token(b"a", b"bc"));
         let t = k1.refusal_tag(b"cid", b"ft", 1, b"z9hG4bK1");

@@ -456,9 +456,7 @@ fn handle_request<'a>(
     }
 
     // Loop detection (16.3 step 4): a Via of ours whose loop hash equals the one we would put.
-    let loop_hash = policy
-        .keys
-        .branch_loop(&[&buf[uri.clone()], call_id, req.from_tag, cseq]);
+    let loop_hash = loop_hash(&req, &buf[uri.clone()], &routes, to_tag, policy);
     if header(msg, Hdr::Via).count() > 1 || tv.first_shared {
         let mut looped = false;
         for h in header(msg, Hdr::Via) {
@@ -595,9 +593,7 @@ fn handle_request<'a>(
     let insert_at = tv.first_line.start;
     let from_tag_b = req.from_tag;
     let txn = txn_parts(buf, &tv.top, call_id, from_tag_b, cseq);
-    let branch = policy
-        .keys
-        .branch(&txn, &[&buf[uri.clone()], call_id, from_tag_b, cseq]);
+    let branch = policy.keys.branch(&txn, &loop_hash);
     let host = bracket(&out.advertised_host);
     let port = out.advertised_port.to_string();
     top_via_edits(&mut e, buf, &tv.top, pkt.source);
@@ -658,6 +654,55 @@ fn handle_request<'a>(
         },
         event,
     }
+}
+
+/// The loop-detection value of a request (RFC 3261 16.6 step 8): it must change on a spiral (the
+/// request comes back through creditgate legitimately, e.g. alice -> creditgate -> switch ->
+/// creditgate -> erin) and stay the same on a true loop. It covers:
+///
+/// * the Request-URI as received, Call-ID, From-tag and CSeq number;
+/// * the Route set as creditgate forwards it (after popping its own Route): on a spiral the
+///   switch consumed its own entry and the request comes back with fewer Routes (3 on the first
+///   pass of alice's BYE, 1 on the second), on a loop it comes back with the same set;
+/// * for methods other than INVITE, ACK and CANCEL, the To-tag and every Proxy-Authorization
+///   value too. INVITE, its CANCEL and the ACK of its non-2xx response must carry one branch
+///   (RFC 3261 9.1, 17.1.1.3), so for them only what those three share is covered: the ACK
+///   carries a To-tag the INVITE lacked, and credentials need not be repeated in a CANCEL.
+///
+/// Proxy-Require needs no place: a request carrying it is answered 420 before this point (ACK and
+/// CANCEL aside, which must not carry it). The top Via is left out on purpose: the element that
+/// returns a looping request always adds its own, so a value covering it would never match.
+fn loop_hash(
+    req: &Req<'_, '_>,
+    ruri: &[u8],
+    routes: &RouteInfo<'_>,
+    to_tag: Option<&[u8]>,
+    policy: &Policy,
+) -> [u8; 8] {
+    let msg = req.msg;
+    let buf = msg.buf;
+    let n_routes = u32::try_from(routes.remaining)
+        .unwrap_or(u32::MAX)
+        .to_be_bytes();
+    let mut parts: SmallVec<[&[u8]; 12]> =
+        SmallVec::from_slice(&[ruri, req.call_id, req.from_tag, req.cseq, &n_routes]);
+    let mut skip = usize::from(routes.pop.is_some());
+    for h in header(msg, Hdr::Route) {
+        // RouteInfo::read has validated every value already.
+        let _ = for_each_name_addr(buf, h.value.clone(), |na| {
+            if skip > 0 {
+                skip -= 1;
+            } else {
+                parts.push(&buf[na.uri]);
+            }
+            true
+        });
+    }
+    if !matches!(req.method, b"INVITE" | b"ACK" | b"CANCEL") {
+        parts.push(to_tag.unwrap_or_default());
+        parts.extend(header(msg, Hdr::ProxyAuthorization).map(|h| &buf[h.value.clone()]));
+    }
+    policy.keys.branch_loop(parts)
 }
 
 fn trim(s: &[u8]) -> &[u8] {

@@ -1374,3 +1374,317 @@ fn ipv6_listeners_and_upstreams_bridge_families() {
     // The IPv6 upstream is trusted by its address.
     assert!(p.is_trusted("2001:db8::5".parse().unwrap()));
 }
+
+/// RFC 5118 4.2: an IPv6 reference must be bracketed in a SIP URI. A bare IPv6 address in the
+/// Request-URI (or a Route) is a malformed URI: 400, never forwarded.
+#[test]
+fn bare_ipv6_request_uri_gets_400() {
+    let w = world();
+    let p = policy();
+    for ruri in [
+        "sip:2001:db8::10",
+        "sip:user@2001:db8::10",
+        "sip:fe80::1",
+        "sip:db8::10",
+        "sip:abc:12::1",
+        "sip:1::1",
+        "sip:::1",
+        "sip:127.0.0.2:5080::1",
+        "sip:2001:db8::10;transport=udp",
+        "sip:user@::ffff:127.0.0.2",
+        // maddr-param = "maddr=" host: the same rule applies to the address it names.
+        "sip:alice@example.com;maddr=2001:db8::10",
+        "sip:127.0.0.2:5080;maddr=::ffff:127.0.0.2",
+        "sip:127.0.0.2;lr;maddr=fe80::1;transport=udp",
+    ] {
+        for method in ["REGISTER", "OPTIONS", "INVITE", "MESSAGE"] {
+            let m = format!(
+                "{method} {ruri} SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP 127.0.0.1:40000;rport;branch=z9hG4bK-v6\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:alice@example.com>;tag=ft\r\n\
+                 To: <sip:alice@example.com>\r\n\
+                 Call-ID: v6@example.com\r\n\
+                 CSeq: 1 {method}\r\n\
+                 Content-Length: 0\r\n\r\n"
+            );
+            let o = run(&w, &p, m.as_bytes(), CALLER);
+            let (to, r) = reply(&o);
+            assert_eq!(to, sa(CALLER), "{method} {ruri}");
+            assert!(
+                r.starts_with("SIP/2.0 400 Malformed Request-URI\r\n"),
+                "{method} {ruri}: {r}"
+            );
+        }
+    }
+    // The bracketed form (RFC 5118 4.1) is a well-formed URI.
+    let m = as_method(&invite("alice", "v6ok", ""), "INVITE");
+    let m = text(&m).replace(
+        "sip:+4915112345@127.0.0.1",
+        "sip:+4915112345@[2001:db8::10]",
+    );
+    let o = run(&w, &p, m.as_bytes(), CALLER);
+    assert_eq!(fwd(&o).0, sa(SWITCH));
+}
+
+// --- Spirals (RFC 3261 16.3 step 4, 16.6 step 8) ---------------------------------------------
+
+const ERIN: &str = "127.0.0.1:40002";
+
+/// What a proxying switch does to a request it routes back through creditgate: its own Via on
+/// top, and (`pop`) its own Route removed (the first Route line, which names it).
+fn switch_relay(msg: &str, pop: bool) -> String {
+    let mut out = String::new();
+    let mut via_done = false;
+    let mut route_done = !pop;
+    for line in msg.split_inclusive("\r\n") {
+        if !via_done && line.starts_with("Via:") {
+            out.push_str("Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKsw-");
+            out.push_str(&format!("{:x}\r\n", out.len() ^ msg.len()));
+            via_done = true;
+        }
+        if !route_done && line.starts_with("Route:") {
+            assert!(line.contains("127.0.0.2:5080"), "{line}");
+            route_done = true;
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// A request inside the spiralled dialog: `from_user`/`from_tag` the sender, `to_tag` the
+/// other side's tag, `routes` the route set in order, sent-by `via`.
+#[allow(clippy::too_many_arguments)]
+fn spiral_request(
+    method: &str,
+    ruri: &str,
+    via: &str,
+    routes: &[&str],
+    from: (&str, &str),
+    to: (&str, &str),
+    cseq: u32,
+    branch: &str,
+) -> String {
+    let mut m = format!(
+        "{method} {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {via};rport;branch=z9hG4bK-{branch}\r\n\
+         Max-Forwards: 70\r\n"
+    );
+    for r in routes {
+        m.push_str(&format!("Route: {r}\r\n"));
+    }
+    m.push_str(&format!(
+        "From: <sip:{}@example.com>;tag={}\r\n\
+         To: <sip:{}@example.com>;tag={}\r\n\
+         Call-ID: sp@example.com\r\n\
+         CSeq: {cseq} {}\r\n\
+         Content-Length: 0\r\n\r\n",
+        from.0,
+        from.1,
+        to.0,
+        to.1,
+        if method == "ACK" { "ACK" } else { method }
+    ));
+    m
+}
+
+/// alice -> creditgate -> switch -> creditgate -> erin: every request of the dialog passes
+/// creditgate twice with creditgate's Via already in it. The second pass is a spiral (the Route
+/// set changed: creditgate's and the switch's entries were consumed), not a loop.
+#[test]
+fn spiral_through_the_switch_is_processed_and_only_a_true_loop_gets_482() {
+    let w = world();
+    let p = policy();
+    // INVITE, first pass: admitted, to the switch.
+    let (to, f1) = fwd(&run(&w, &p, &invite("alice", "sp", ""), CALLER));
+    assert_eq!(to, sa(SWITCH));
+    // The switch routes it to erin, who sits behind creditgate too.
+    let back = switch_relay(&f1, false)
+        .replacen(
+            "INVITE sip:+4915112345@127.0.0.1 SIP/2.0",
+            &format!("INVITE sip:erin@{ERIN} SIP/2.0"),
+            1,
+        )
+        .replacen(
+            "Record-Route:",
+            "Record-Route: <sip:127.0.0.2:5080;lr>\r\nRecord-Route:",
+            1,
+        );
+    let o = run(&w, &p, back.as_bytes(), SWITCH);
+    let (to, f2) = fwd(&o);
+    assert_eq!(to, sa(ERIN));
+    let rr = hdr(&f2, "record-route");
+    assert_eq!(rr.len(), 3, "{f2}");
+    let (cg2, sw, cg1) = (rr[0], rr[1], rr[2]);
+    // erin's 200 goes back the same way.
+    let ok = text(&switch_response(&f2, 200, Some("erin-tag"))).replacen(
+        "Content-Length",
+        &format!("Contact: <sip:erin@{ERIN}>\r\nContent-Length"),
+        1,
+    );
+    let (to, r1) = fwd(&run(&w, &p, ok.as_bytes(), ERIN));
+    assert_eq!(to, sa(SWITCH));
+    let r1 = r1.replacen(hdr(&r1, "via")[0], "", 1);
+    let r1 = r1.replacen("Via: \r\n", "", 1);
+    let (to, _) = fwd(&run(&w, &p, r1.as_bytes(), SWITCH));
+    assert_eq!(to, sa(CALLER));
+
+    let alice = ("alice", "ft-sp");
+    let erin = ("erin", "erin-tag");
+    let erin_uri = format!("sip:erin@{ERIN}");
+    // alice's requests: Route set cg1, switch, cg2; erin's: cg2, switch, cg1.
+    let cases: Vec<(String, &str, u32, bool)> = vec![
+        (
+            spiral_request(
+                "ACK",
+                &erin_uri,
+                CALLER,
+                &[cg1, sw, cg2],
+                alice,
+                erin,
+                1,
+                "a1",
+            ),
+            ERIN,
+            1,
+            true,
+        ),
+        (
+            spiral_request(
+                "INVITE",
+                &erin_uri,
+                CALLER,
+                &[cg1, sw, cg2],
+                alice,
+                erin,
+                2,
+                "a2",
+            ),
+            ERIN,
+            2,
+            true,
+        ),
+        (
+            spiral_request(
+                "INVITE",
+                "sip:alice@127.0.0.1:40000",
+                ERIN,
+                &[cg2, sw, cg1],
+                erin,
+                alice,
+                1,
+                "e1",
+            ),
+            CALLER,
+            1,
+            false,
+        ),
+        (
+            spiral_request(
+                "BYE",
+                "sip:alice@127.0.0.1:40000",
+                ERIN,
+                &[cg2, sw, cg1],
+                erin,
+                alice,
+                2,
+                "e2",
+            ),
+            CALLER,
+            2,
+            false,
+        ),
+        (
+            spiral_request(
+                "BYE",
+                &erin_uri,
+                CALLER,
+                &[cg1, sw, cg2],
+                alice,
+                erin,
+                3,
+                "a3",
+            ),
+            ERIN,
+            3,
+            true,
+        ),
+    ];
+    for (m, dest, _, from_alice) in &cases {
+        let src = if *from_alice { CALLER } else { ERIN };
+        let o = run(&w, &p, m.as_bytes(), src);
+        let (to, first) = fwd(&o);
+        assert_eq!(to, sa(SWITCH), "first pass: {m}");
+        assert_eq!(hdr(&first, "route").len(), 2, "{first}");
+        // Second pass: the switch consumed its Route and sends it back.
+        let relayed = switch_relay(&first, true);
+        let o = run(&w, &p, relayed.as_bytes(), SWITCH);
+        assert_eq!(o.event, Event::Passed(PassKind::FromUpstream), "{m}");
+        let (to, second) = fwd(&o);
+        assert_eq!(to, sa(dest), "second pass: {m}");
+        assert!(hdr(&second, "route").is_empty(), "{second}");
+        assert_eq!(hdr(&second, "via").len(), 4, "{second}");
+
+        // A true loop: the switch sends the very request it got back unchanged (its Route
+        // not consumed, so creditgate would forward it to the switch again).
+        let looped = switch_relay(&first, false);
+        let o = run(&w, &p, looped.as_bytes(), SWITCH);
+        if m.starts_with("ACK") {
+            assert_eq!(o.event, Event::Dropped(DropReason::AckRejected));
+        } else {
+            let (to, r) = reply(&o);
+            assert_eq!((status(&r), to), (482, sa(SWITCH)), "{m}");
+        }
+    }
+}
+
+/// The loop hash covers the Route set, and (outside INVITE/ACK/CANCEL) the To-tag and
+/// Proxy-Authorization; an INVITE with credentials and a Route set still shares its branch with
+/// its CANCEL (no credentials) and the ACK of its non-2xx (a To-tag), which carry the same Route
+/// set (RFC 3261 9.1, 17.1.1.3).
+#[test]
+fn invite_cancel_and_ack_share_a_branch_with_routes_and_credentials() {
+    let w = world();
+    let p = policy();
+    let routes = "Route: <sip:127.0.0.1:5060;lr>\r\nRoute: <sip:127.0.0.2:5080;lr>\r\n";
+    let m = invite(
+        "alice",
+        "b3",
+        &format!("{routes}Proxy-Authorization: Digest username=\"alice\", realm=\"sw\"\r\n"),
+    );
+    let b = |f: &str| param(hdr(f, "via")[0], "branch").unwrap().to_string();
+    let (_, f1) = fwd(&run(&w, &p, &m, CALLER));
+    let plain = invite("alice", "b3", routes);
+    let cancel = as_method(&plain, "CANCEL");
+    let (_, fc) = fwd(&run(&w, &p, &cancel, CALLER));
+    assert_eq!(b(&fc), b(&f1), "CANCEL carries the INVITE's branch");
+    let ack = text(&as_method(&plain, "ACK")).replace(
+        "To: <sip:+4915112345@example.com>",
+        "To: <sip:+4915112345@example.com>;tag=sw487",
+    );
+    let (_, fa) = fwd(&run(&w, &p, ack.as_bytes(), CALLER));
+    assert_eq!(
+        b(&fa),
+        b(&f1),
+        "ACK of a non-2xx carries the INVITE's branch"
+    );
+    // Another Route set (as forwarded, after creditgate's own is popped) is another request as
+    // far as loops go; the transaction part of the branch, from the sender's Via, is the same.
+    let other = invite("alice", "b3", "Route: <sip:127.0.0.1:5060;lr>\r\n");
+    let (_, fo) = fwd(&run(&w, &p, &other, CALLER));
+    assert_eq!(b(&fo)[..25], b(&f1)[..25]);
+    assert_ne!(b(&fo), b(&f1));
+    let same = invite("alice", "b3", "Route: <sip:127.0.0.2:5080;lr>\r\n");
+    assert_eq!(b(&fwd(&run(&w, &p, &same, CALLER)).1), b(&f1));
+    // Outside INVITE/ACK/CANCEL, credentials are covered.
+    let bye = in_dialog("BYE", "b4", "alice", "", 2);
+    let bye_auth = text(&bye).replacen(
+        "Content-Length",
+        "Proxy-Authorization: Digest username=\"alice\"\r\nContent-Length",
+        1,
+    );
+    let (_, f) = fwd(&run(&w, &p, &bye, CALLER));
+    let (_, g) = fwd(&run(&w, &p, bye_auth.as_bytes(), CALLER));
+    assert_ne!(b(&f), b(&g));
+}

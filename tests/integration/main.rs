@@ -18,3 +18,5 @@ mod proxy;
 mod redis;
 mod sched;
 mod sipp;
+mod spiral;
+mod uri;
