@@ -18,3 +18,4 @@ mod proxy;
 mod redis;
 mod sched;
 mod sipp;
+mod snapshot_races;
