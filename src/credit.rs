@@ -222,17 +222,31 @@ pub fn parse_money(s: &str) -> Result<Decimal, String> {
     Ok(d)
 }
 
+/// An optional money or rate amount (SPEC 4: never negative; `-0` is zero).
 fn parse_opt_money(s: &str) -> Result<Option<Decimal>, String> {
     if s.is_empty() {
-        Ok(None)
-    } else {
-        parse_money(s).map(Some)
+        return Ok(None);
     }
+    let d = parse_money(s)?;
+    if d.is_sign_negative() && !d.is_zero() {
+        return Err(format!(
+            "{s:?} is negative (amounts and rates are never negative)"
+        ));
+    }
+    // `-0` parses to a negative zero: store a plain zero.
+    Ok(Some(if d.is_zero() { Decimal::ZERO } else { d }))
 }
 
+/// An optional count (SPEC 4: never negative).
 fn parse_opt_u32(s: &str) -> Result<Option<u32>, String> {
     if s.is_empty() {
         Ok(None)
+    } else if s.starts_with('-') && s.len() > 1 && s.bytes().skip(1).all(|b| b.is_ascii_digit()) {
+        if s.bytes().skip(1).all(|b| b == b'0') {
+            Ok(Some(0))
+        } else {
+            Err(format!("{s:?} is negative (counts are never negative)"))
+        }
     } else {
         s.parse::<u32>()
             .map(Some)
@@ -321,7 +335,7 @@ impl RefusalCause {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::str::FromStr;
@@ -461,6 +475,46 @@ mod tests {
             parse_money("0.1").unwrap() + parse_money("0.2").unwrap(),
             d("0.3")
         );
+    }
+
+    /// SPEC 4: money and rate fields and counts are never negative; a negative one makes the
+    /// record bad, naming the field. `balance` and `debit_limit` may be negative (credit model).
+    #[test]
+    fn negative_money_rate_and_count_fields_are_bad() {
+        for field in [
+            "rate_per_min",
+            "daily_spend_limit",
+            "spent_today",
+            "max_cps",
+            "max_channels",
+        ] {
+            for value in ["-1", "-0.0001", "-5.00"] {
+                let e = Account::from_fields("acme", [("balance", "1"), (field, value)])
+                    .expect_err(&format!("{field} = {value} accepted"));
+                assert_eq!(e.field, field, "{value}");
+                assert!(
+                    e.reason.contains("negative") || e.reason.contains("whole"),
+                    "{e}"
+                );
+            }
+            // Zero is fine, and "-0" is zero.
+            assert!(Account::from_fields("acme", [("balance", "1"), (field, "0")]).is_ok());
+        }
+        for field in ["rate_per_min", "daily_spend_limit", "spent_today"] {
+            let e = Account::from_fields("acme", [("balance", "1"), (field, "-0.5")]).unwrap_err();
+            assert!(e.reason.contains("negative"), "{field}: {e}");
+        }
+        let a = Account::from_fields(
+            "acme",
+            [
+                ("balance", "-3"),
+                ("debit_limit", "-5"),
+                ("spent_today", "-0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((a.balance, a.debit_limit), (d("-3"), d("-5")));
+        assert_eq!(a.spent_today(), Some(Decimal::ZERO));
     }
 
     #[test]

@@ -1,29 +1,37 @@
 //! The in-memory credit snapshot shared by every worker (SPEC section 5).
 //!
 //! Accounts live in a `DashMap` (sharded locks, reads never wait for a whole-map lock); the
-//! source-IP lookup structure is rebuilt off the packet path and swapped in atomically with
-//! `ArcSwap`. Sources (file, Redis) produce whole account sets or single accounts and hand them to
-//! [`Snapshot::apply_full`] / [`Snapshot::upsert`] / [`Snapshot::remove`]; the SIP core only reads.
+//! source-IP lookup structure ([`IpIndex`]) is updated per account, in place, alongside the
+//! account's map entry. Sources (file, Redis) produce whole account sets or single accounts and
+//! hand them to [`Snapshot::apply_full`] / [`Snapshot::upsert`] / [`Snapshot::remove`]; the SIP
+//! core only reads.
+//!
+//! One writer per account: every change of an account, and of the index entries of its
+//! addresses, is made while holding that account's map entry (its shard's write lock), so two
+//! writers (a push update and a full refresh on another thread) can never interleave their
+//! changes of one account, and the index always says what the map says. An update moves only
+//! the changed account's addresses (new ones added first, then the old ones removed, so the
+//! account stays findable throughout); nothing walks the whole map but the end of a full
+//! refresh, which visits it once to remove the vanished accounts.
 //!
 //! A full refresh is applied as it is read ([`Snapshot::begin_full`], [`FullRefresh::feed`] per
 //! account, [`FullRefresh::finish`]), so memory stays at the snapshot plus one read batch however
 //! large the account set: new and changed entries are written as they arrive, every entry the
-//! refresh meets is marked, and at the end the IP index is swapped and the unmarked entries
-//! (vanished accounts) are removed. Every known account stays visible at every instant. The
-//! `max_shrink` guard holds back only the removals: a record that is present is the credit
-//! store's current truth (a push update would apply it at once too), while a record that is
-//! missing may be missing because the store was emptied or half-loaded.
+//! refresh meets is marked, and at the end the unmarked entries (vanished accounts) are removed.
+//! Every known account stays visible at every instant. The `max_shrink` guard holds back only
+//! the removals: a record that is present is the credit store's current truth (a push update
+//! would apply it at once too), while a record that is missing may be missing because the
+//! store was emptied or half-loaded.
 //!
 //! Time is an input: the snapshot stores when it was last loaded as an `Instant` given by the
 //! caller, and age questions take `now` as an argument.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use ipnet::IpNet;
 use rust_decimal::Decimal;
@@ -50,7 +58,8 @@ pub struct Snapshot {
     /// The mark of the full refresh in progress (or of the last one): entries a refresh meets
     /// carry it, the others are the vanished accounts it removes.
     mark: AtomicU32,
-    ip_index: ArcSwap<IpIndex>,
+    /// Source-IP index, updated per account under the account's map entry.
+    ip_index: IpIndex,
     /// Reference point for `loaded_at_ns`.
     epoch: Instant,
     /// Nanoseconds after `epoch` of the last successful full load; meaningful once `loaded`.
@@ -78,14 +87,6 @@ impl Slot {
     }
 }
 
-/// How an incoming account compares with the snapshot's entry.
-#[derive(Debug, Clone, Copy)]
-enum Status {
-    New,
-    Same,
-    Changed { routing: bool },
-}
-
 /// Result of applying a full account set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -111,7 +112,7 @@ impl Snapshot {
         Snapshot {
             accounts: DashMap::with_hasher(FxBuildHasher),
             mark: AtomicU32::new(0),
-            ip_index: ArcSwap::from_pointee(IpIndex::default()),
+            ip_index: IpIndex::default(),
             epoch,
             loaded_at_ns: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
@@ -161,7 +162,7 @@ impl Snapshot {
 
     /// Source-IP identification: longest-prefix match, tech prefix disambiguation.
     pub fn lookup_ip(&self, ip: IpAddr, ruri_user: &[u8]) -> Option<Arc<str>> {
-        self.ip_index.load().lookup(ip, ruri_user)
+        self.ip_index.lookup(ip, ruri_user)
     }
 
     /// Marks the data as fresh at `now` without changing it (a source that confirmed the set
@@ -200,57 +201,42 @@ impl Snapshot {
             known: self.accounts.len(),
             added: 0,
             changed: 0,
-            index_dirty: false,
         }
     }
 
     /// Inserts or replaces one account (a push update).
     pub fn upsert(&self, acct: Account) {
-        let routing_changed = match self.accounts.get(&acct.id) {
-            Some(prev) => routing_differs(&prev.acct, &acct),
-            None => !acct.ips.is_empty(),
-        };
         // A full refresh in progress counts it as met: the store has it now.
         let mark = self.mark.load(Ordering::Acquire);
-        self.accounts
-            .insert(Arc::clone(&acct.id), Slot::new(acct, mark));
-        if routing_changed {
-            self.rebuild_index_excluding(None);
+        match self.accounts.entry(Arc::clone(&acct.id)) {
+            Entry::Occupied(mut e) => {
+                self.ip_index.update(Some(&e.get().acct), Some(&acct));
+                e.insert(Slot::new(acct, mark));
+            }
+            Entry::Vacant(e) => {
+                self.ip_index.update(None, Some(&acct));
+                e.insert(Slot::new(acct, mark));
+            }
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Removes one account (a push update for a deleted record). Returns whether it existed.
     pub fn remove(&self, id: &str) -> bool {
-        let had_ips = self.accounts.get(id).map(|s| !s.acct.ips.is_empty());
-        let Some(had_ips) = had_ips else { return false };
-        if had_ips {
-            self.rebuild_index_excluding(Some(&|k: &str, _: &Slot| k != id));
+        // The index entries go under the map entry's lock, before the entry itself.
+        let removed = self
+            .accounts
+            .remove_if(id, |_, s| {
+                self.ip_index.update(Some(&s.acct), None);
+                true
+            })
+            .is_some();
+        if removed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
-        self.accounts.remove(id);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        true
-    }
-
-    /// Rebuilds the IP index from the map, keeping only entries for which `keep` says so when
-    /// given (it must not touch the map: the iteration holds a shard lock).
-    fn rebuild_index_excluding(&self, keep: Option<&KeepFn<'_>>) {
-        let mut builder = IpIndexBuilder::default();
-        for entry in self.accounts.iter() {
-            if keep.is_some_and(|k| !k(entry.key(), entry.value())) {
-                continue;
-            }
-            let a = &entry.value().acct;
-            for net in &a.ips {
-                builder.add(*net, Arc::clone(&a.id), a.tech_prefix.clone());
-            }
-        }
-        self.ip_index.store(Arc::new(builder.build()));
+        removed
     }
 }
-
-/// Which entries an IP index rebuild keeps.
-type KeepFn<'a> = dyn Fn(&str, &Slot) -> bool + 'a;
 
 fn routing_differs(a: &Account, b: &Account) -> bool {
     a.ips != b.ips || a.tech_prefix != b.tech_prefix
@@ -265,42 +251,27 @@ pub struct FullRefresh<'s> {
     known: usize,
     added: usize,
     changed: usize,
-    /// Whether the IP index must be rebuilt (an account's `ips` or tech prefix changed).
-    index_dirty: bool,
 }
 
 impl FullRefresh<'_> {
     /// Applies one account of the new set: new and changed entries are written at once, an
     /// unchanged one is only marked. An id met twice (SCAN may repeat keys) is harmless.
     pub fn feed(&mut self, acct: Account) {
-        let st = match self.snap.accounts.get(&*acct.id) {
-            None => Status::New,
-            Some(prev) => {
-                prev.mark.store(self.mark, Ordering::Release);
-                if *prev.acct == acct {
-                    Status::Same
-                } else {
-                    Status::Changed {
-                        routing: routing_differs(&prev.acct, &acct),
-                    }
+        let snap = self.snap;
+        match snap.accounts.entry(Arc::clone(&acct.id)) {
+            Entry::Occupied(mut e) => {
+                e.get().mark.store(self.mark, Ordering::Release);
+                if *e.get().acct == acct {
+                    return;
                 }
-            }
-        };
-        match st {
-            Status::Same => {}
-            Status::New => {
-                self.added += 1;
-                self.index_dirty |= !acct.ips.is_empty();
-                self.snap
-                    .accounts
-                    .insert(Arc::clone(&acct.id), Slot::new(acct, self.mark));
-            }
-            Status::Changed { routing } => {
                 self.changed += 1;
-                self.index_dirty |= routing;
-                self.snap
-                    .accounts
-                    .insert(Arc::clone(&acct.id), Slot::new(acct, self.mark));
+                snap.ip_index.update(Some(&e.get().acct), Some(&acct));
+                e.insert(Slot::new(acct, self.mark));
+            }
+            Entry::Vacant(e) => {
+                self.added += 1;
+                snap.ip_index.update(None, Some(&acct));
+                e.insert(Slot::new(acct, self.mark));
             }
         }
     }
@@ -325,9 +296,6 @@ impl FullRefresh<'_> {
             && known > 0
             && (would_remove as f64) > max_shrink * (known as f64);
         if held || would_remove == 0 {
-            if self.index_dirty {
-                snap.rebuild_index_excluding(None);
-            }
             snap.generation.fetch_add(1, Ordering::AcqRel);
             if held {
                 return Err(ShrinkHeld {
@@ -337,9 +305,15 @@ impl FullRefresh<'_> {
                 });
             }
         } else {
-            // Index first (without the vanished accounts), then the entries themselves.
-            snap.rebuild_index_excluding(Some(&|_: &str, s: &Slot| met(s)));
-            snap.accounts.retain(|_, s| met(s));
+            // Each vanished account leaves the index, then the map, under its entry's lock (a
+            // push of it meanwhile re-marks it as met and keeps it).
+            snap.accounts.retain(|_, s| {
+                let keep = met(s);
+                if !keep {
+                    snap.ip_index.update(Some(&s.acct), None);
+                }
+                keep
+            });
             snap.generation.fetch_add(1, Ordering::AcqRel);
         }
         snap.touch(now);
@@ -361,19 +335,94 @@ struct IpEntry {
 
 type Candidates = SmallVec<[IpEntry; 1]>;
 
-/// Longest-prefix-match table: one hash map per prefix length present, probed from the longest
-/// length down. At most 33 (IPv4) or 129 (IPv6) probes, in practice a handful, since real account
-/// sets use few distinct lengths; built once per refresh.
-#[derive(Debug, Default)]
+/// Longest-prefix-match table, updated per account in place: one concurrent hash table per
+/// address family keyed by (prefix length, masked address), probed from the longest length
+/// present down. The set of lengths present is a bit set read with one atomic load per family
+/// (at most 33 or 129 probes, in practice a handful: real account sets use few distinct
+/// lengths). Lookups take only the read lock of one shard per probe, never a global lock.
 pub struct IpIndex {
-    v4: Vec<(u8, HashMap<u32, Candidates>)>,
-    v6: Vec<(u8, HashMap<u128, Candidates>)>,
+    /// Key: prefix length << 32 | masked IPv4 address.
+    v4: DashMap<u64, Candidates, FxBuildHasher>,
+    v6: DashMap<(u8, u128), Candidates, FxBuildHasher>,
+    lens: Lengths,
 }
 
-#[derive(Default)]
-struct IpIndexBuilder {
-    v4: HashMap<u8, HashMap<u32, Candidates>>,
-    v6: HashMap<u8, HashMap<u128, Candidates>>,
+impl Default for IpIndex {
+    fn default() -> Self {
+        IpIndex {
+            v4: DashMap::with_hasher(FxBuildHasher),
+            v6: DashMap::with_hasher(FxBuildHasher),
+            lens: Lengths::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for IpIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpIndex")
+            .field("v4_prefixes", &self.v4.len())
+            .field("v6_prefixes", &self.v6.len())
+            .finish()
+    }
+}
+
+/// Slots of [`Lengths::count`]: IPv4 lengths 0..=32, then IPv6 lengths 0..=128.
+const V6_BASE: usize = 33;
+
+/// Which prefix lengths have keys. A bit is set after its first key is inserted and cleared
+/// after its last key is removed; writers recompute it from the count under `sync`, so the last
+/// writer to touch a length leaves the bit right, whatever the interleaving.
+struct Lengths {
+    count: [AtomicU32; V6_BASE + 129],
+    v4: AtomicU64,
+    v6: [AtomicU64; 3],
+    sync: Mutex<()>,
+}
+
+impl Default for Lengths {
+    fn default() -> Self {
+        Lengths {
+            count: std::array::from_fn(|_| AtomicU32::new(0)),
+            v4: AtomicU64::new(0),
+            v6: std::array::from_fn(|_| AtomicU64::new(0)),
+            sync: Mutex::new(()),
+        }
+    }
+}
+
+impl Lengths {
+    fn counter(&self, slot: usize) -> Option<&AtomicU32> {
+        self.count.get(slot)
+    }
+
+    /// A key of length slot `slot` was created (`up`) or removed.
+    fn changed(&self, slot: usize, up: bool) {
+        let Some(c) = self.counter(slot) else { return };
+        let transition = if up {
+            c.fetch_add(1, Ordering::AcqRel) == 0
+        } else {
+            c.fetch_sub(1, Ordering::AcqRel) == 1
+        };
+        if !transition {
+            return;
+        }
+        let _g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        let present = c.load(Ordering::Acquire) > 0;
+        let (word, bit) = if slot < V6_BASE {
+            (&self.v4, slot)
+        } else {
+            let l = slot - V6_BASE;
+            match self.v6.get(l / 64) {
+                Some(w) => (w, l % 64),
+                None => return,
+            }
+        };
+        if present {
+            word.fetch_or(1u64 << bit, Ordering::AcqRel);
+        } else {
+            word.fetch_and(!(1u64 << bit), Ordering::AcqRel);
+        }
+    }
 }
 
 fn mask4(ip: u32, len: u8) -> u32 {
@@ -392,48 +441,125 @@ fn mask6(ip: u128, len: u8) -> u128 {
     }
 }
 
-impl IpIndexBuilder {
-    fn add(&mut self, net: IpNet, id: Arc<str>, tech_prefix: Option<Box<str>>) {
-        let entry = IpEntry { id, tech_prefix };
-        match net {
-            IpNet::V4(n) => {
-                let len = n.prefix_len();
-                let key = mask4(u32::from(n.network()), len);
-                let c = self.v4.entry(len).or_default().entry(key).or_default();
-                if !c.iter().any(|e| e.id == entry.id) {
-                    c.push(entry);
-                }
-            }
-            IpNet::V6(n) => {
-                let len = n.prefix_len();
-                let key = mask6(u128::from(n.network()), len);
-                let c = self.v6.entry(len).or_default().entry(key).or_default();
-                if !c.iter().any(|e| e.id == entry.id) {
-                    c.push(entry);
-                }
-            }
-        }
-    }
+fn key4(ip: u32, len: u8) -> u64 {
+    (u64::from(len) << 32) | u64::from(mask4(ip, len))
+}
 
-    fn build(self) -> IpIndex {
-        let mut v4: Vec<_> = self.v4.into_iter().collect();
-        v4.sort_by_key(|e| std::cmp::Reverse(e.0));
-        let mut v6: Vec<_> = self.v6.into_iter().collect();
-        v6.sort_by_key(|e| std::cmp::Reverse(e.0));
-        IpIndex { v4, v6 }
+/// Puts `id` (with its tech prefix) into a candidate list; an id already there gets the new
+/// tech prefix.
+fn put_candidate(c: &mut Candidates, id: &Arc<str>, tech_prefix: &Option<Box<str>>) {
+    match c.iter_mut().find(|e| e.id == *id) {
+        Some(e) => e.tech_prefix.clone_from(tech_prefix),
+        None => c.push(IpEntry {
+            id: Arc::clone(id),
+            tech_prefix: tech_prefix.clone(),
+        }),
     }
 }
 
 impl IpIndex {
     /// Builds an index from accounts (tests, tools).
     pub fn from_accounts<'a>(accounts: impl IntoIterator<Item = &'a Account>) -> IpIndex {
-        let mut b = IpIndexBuilder::default();
+        let idx = IpIndex::default();
         for a in accounts {
-            for net in &a.ips {
-                b.add(*net, Arc::clone(&a.id), a.tech_prefix.clone());
+            idx.update(None, Some(a));
+        }
+        idx
+    }
+
+    /// Moves one account's entries from `old` to `new` (either may be absent: an account
+    /// added or removed). The caller holds the account's map entry, so no other writer changes
+    /// this account's entries meanwhile. New addresses are added before the dropped ones are
+    /// removed: the account is findable at every instant.
+    fn update(&self, old: Option<&Account>, new: Option<&Account>) {
+        if let (Some(o), Some(n)) = (old, new) {
+            if !routing_differs(o, n) {
+                return;
             }
         }
-        b.build()
+        if let Some(n) = new {
+            for net in &n.ips {
+                self.add(*net, &n.id, &n.tech_prefix);
+            }
+        }
+        if let Some(o) = old {
+            for net in &o.ips {
+                if !new.is_some_and(|n| n.ips.contains(net)) {
+                    self.del(*net, &o.id);
+                }
+            }
+        }
+    }
+
+    fn add(&self, net: IpNet, id: &Arc<str>, tech_prefix: &Option<Box<str>>) {
+        let mut created = false;
+        let slot = match net {
+            IpNet::V4(n) => {
+                let len = n.prefix_len();
+                let mut c = self
+                    .v4
+                    .entry(key4(u32::from(n.network()), len))
+                    .or_insert_with(|| {
+                        created = true;
+                        Candidates::new()
+                    });
+                put_candidate(&mut c, id, tech_prefix);
+                usize::from(len)
+            }
+            IpNet::V6(n) => {
+                let len = n.prefix_len();
+                let mut c = self
+                    .v6
+                    .entry((len, mask6(u128::from(n.network()), len)))
+                    .or_insert_with(|| {
+                        created = true;
+                        Candidates::new()
+                    });
+                put_candidate(&mut c, id, tech_prefix);
+                V6_BASE + usize::from(len)
+            }
+        };
+        if created {
+            self.lens.changed(slot, true);
+        }
+    }
+
+    fn del(&self, net: IpNet, id: &str) {
+        let (emptied, slot) = match net {
+            IpNet::V4(n) => {
+                let len = n.prefix_len();
+                let emptied = match self.v4.entry(key4(u32::from(n.network()), len)) {
+                    Entry::Occupied(mut e) => {
+                        e.get_mut().retain(|c| &*c.id != id);
+                        let empty = e.get().is_empty();
+                        if empty {
+                            e.remove();
+                        }
+                        empty
+                    }
+                    Entry::Vacant(_) => false,
+                };
+                (emptied, usize::from(len))
+            }
+            IpNet::V6(n) => {
+                let len = n.prefix_len();
+                let emptied = match self.v6.entry((len, mask6(u128::from(n.network()), len))) {
+                    Entry::Occupied(mut e) => {
+                        e.get_mut().retain(|c| &*c.id != id);
+                        let empty = e.get().is_empty();
+                        if empty {
+                            e.remove();
+                        }
+                        empty
+                    }
+                    Entry::Vacant(_) => false,
+                };
+                (emptied, V6_BASE + usize::from(len))
+            }
+        };
+        if emptied {
+            self.lens.changed(slot, false);
+        }
     }
 
     /// The account sending from `ip`: the longest matching prefix; when several accounts share
@@ -447,46 +573,66 @@ impl IpIndex {
                 .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
-        let cands = match ip {
+        match ip {
             IpAddr::V4(v4) => {
                 let bits = u32::from(v4);
-                self.v4
-                    .iter()
-                    .find_map(|(len, m)| m.get(&mask4(bits, *len)))
+                let mut lens = self.lens.v4.load(Ordering::Acquire);
+                while lens != 0 {
+                    let len = 63 - lens.leading_zeros();
+                    lens &= !(1u64 << len);
+                    let len = u8::try_from(len).ok()?;
+                    if let Some(c) = self.v4.get(&key4(bits, len)) {
+                        return pick(&c, ruri_user);
+                    }
+                }
+                None
             }
             IpAddr::V6(v6) => {
                 let bits = u128::from(v6);
-                self.v6
-                    .iter()
-                    .find_map(|(len, m)| m.get(&mask6(bits, *len)))
-            }
-        }?;
-        if let [only] = cands.as_slice() {
-            return Some(Arc::clone(&only.id));
-        }
-        let mut best: Option<&IpEntry> = None;
-        let mut tie = false;
-        for e in cands {
-            let Some(tp) = e.tech_prefix.as_deref() else {
-                continue;
-            };
-            if !ruri_user.starts_with(tp.as_bytes()) {
-                continue;
-            }
-            match best {
-                Some(b) if b.tech_prefix.as_deref().map_or(0, str::len) > tp.len() => {}
-                Some(b) if b.tech_prefix.as_deref().map_or(0, str::len) == tp.len() => tie = true,
-                _ => {
-                    best = Some(e);
-                    tie = false;
+                for (w, word) in self.lens.v6.iter().enumerate().rev() {
+                    let mut lens = word.load(Ordering::Acquire);
+                    while lens != 0 {
+                        let bit = 63 - lens.leading_zeros();
+                        lens &= !(1u64 << bit);
+                        let len = u8::try_from(w * 64 + bit as usize).ok()?;
+                        if let Some(c) = self.v6.get(&(len, mask6(bits, len))) {
+                            return pick(&c, ruri_user);
+                        }
+                    }
                 }
+                None
             }
         }
-        if tie {
-            None
-        } else {
-            best.map(|e| Arc::clone(&e.id))
+    }
+}
+
+/// The account among the candidates of one prefix (see [`IpIndex::lookup`]).
+fn pick(cands: &Candidates, ruri_user: &[u8]) -> Option<Arc<str>> {
+    if let [only] = cands.as_slice() {
+        return Some(Arc::clone(&only.id));
+    }
+    let mut best: Option<&IpEntry> = None;
+    let mut tie = false;
+    for e in cands {
+        let Some(tp) = e.tech_prefix.as_deref() else {
+            continue;
+        };
+        if !ruri_user.starts_with(tp.as_bytes()) {
+            continue;
         }
+        match best {
+            Some(b) if b.tech_prefix.as_deref().map_or(0, str::len) > tp.len() => {}
+            Some(b) if b.tech_prefix.as_deref().map_or(0, str::len) == tp.len() => tie = true,
+            _ => {
+                best = Some(e);
+                tie = false;
+            }
+        }
+    }
+    if tie {
+        None
+    } else {
+        best.map(|e| Arc::clone(&e.id))
     }
 }
 
@@ -538,6 +684,70 @@ mod tests {
         }
     }
 
+    /// The index follows each account's changes in place: a narrower prefix removed uncovers
+    /// the wider one, a tech prefix change re-decides a shared address, an account moved to
+    /// another family leaves the old one, a removal leaves the other accounts of a prefix.
+    #[test]
+    fn ip_index_is_updated_per_account() {
+        let t0 = Instant::now();
+        let s = Snapshot::new(t0);
+        let ip = |x: &str| x.parse::<IpAddr>().unwrap();
+        s.apply_full(
+            vec![
+                acct("wide", "1", "10.0.0.0/8", None),
+                acct("narrow", "1", "10.1.0.0/16", None),
+                acct("sa", "1", "192.0.2.10", Some("1#")),
+                acct("sb", "1", "192.0.2.10", Some("2#")),
+                acct("mover", "1", "198.51.100.7, 198.51.100.8", None),
+            ],
+            t0,
+            0.5,
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.lookup_ip(ip("10.1.2.3"), b"").as_deref(), Some("narrow"));
+        assert!(s.remove("narrow"));
+        assert_eq!(s.lookup_ip(ip("10.1.2.3"), b"").as_deref(), Some("wide"));
+        s.upsert(acct("narrow", "1", "10.1.2.0/24", None));
+        assert_eq!(s.lookup_ip(ip("10.1.2.3"), b"").as_deref(), Some("narrow"));
+        assert_eq!(s.lookup_ip(ip("10.1.3.3"), b"").as_deref(), Some("wide"));
+
+        assert_eq!(
+            s.lookup_ip(ip("192.0.2.10"), b"2#55").as_deref(),
+            Some("sb")
+        );
+        s.upsert(acct("sb", "1", "192.0.2.10", Some("3#")));
+        assert_eq!(s.lookup_ip(ip("192.0.2.10"), b"2#55"), None);
+        assert_eq!(
+            s.lookup_ip(ip("192.0.2.10"), b"3#55").as_deref(),
+            Some("sb")
+        );
+        assert!(s.remove("sb"));
+        // The only one left at that address: no tech prefix needed.
+        assert_eq!(s.lookup_ip(ip("192.0.2.10"), b"9").as_deref(), Some("sa"));
+
+        s.upsert(acct("mover", "1", "198.51.100.8, 2001:db8::/48", None));
+        assert_eq!(s.lookup_ip(ip("198.51.100.7"), b""), None);
+        assert_eq!(
+            s.lookup_ip(ip("198.51.100.8"), b"").as_deref(),
+            Some("mover")
+        );
+        assert_eq!(
+            s.lookup_ip(ip("2001:db8::5"), b"").as_deref(),
+            Some("mover")
+        );
+        // A full refresh that drops it removes its addresses too.
+        let mut full = s.begin_full();
+        for id in ["wide", "narrow", "sa"] {
+            let a = s.account(id).unwrap();
+            full.feed(a);
+        }
+        full.finish(t0, 0.5, false).unwrap();
+        assert_eq!(s.lookup_ip(ip("198.51.100.8"), b""), None);
+        assert_eq!(s.lookup_ip(ip("2001:db8::5"), b""), None);
+        assert_eq!(s.lookup_ip(ip("10.1.2.3"), b"").as_deref(), Some("narrow"));
+    }
+
     #[test]
     fn shrink_guard_and_updates() {
         let t0 = Instant::now();
@@ -579,6 +789,161 @@ mod tests {
         assert!(s.remove("p"));
         assert_eq!(s.lookup_ip("172.16.0.1".parse().unwrap(), b""), None);
         assert!(!s.remove("p"));
+    }
+
+    /// Item 7 (issue 9): push updates that move accounts' addresses and full refreshes (with
+    /// changed and vanished accounts, so they touch the IP index too) run at the same time on
+    /// several threads, and checker threads look every pushed account up by its current
+    /// address whenever no push of it is in progress: it must always be found. A push and the
+    /// refresh's read of the same account are serialised by a per-account "store" lock, as a
+    /// Redis read and a write of one key are, so only the snapshot's own updates race here.
+    #[test]
+    fn concurrent_pushes_and_full_refreshes_keep_every_account_findable() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Mutex;
+
+        const PUSHED: usize = 48;
+        const STATIC: usize = 3000;
+        const ROUNDS: u32 = 40;
+        fn pushed(i: usize, gen: u32) -> Account {
+            let mut a = Account::new(&format!("p{i}"), Decimal::ONE, Decimal::ZERO);
+            a.ips = vec![pushed_net(i, gen)];
+            a
+        }
+        fn pushed_net(i: usize, gen: u32) -> IpNet {
+            let ip = std::net::Ipv4Addr::new(10, 200, i as u8, (gen % 250) as u8);
+            IpNet::from(IpAddr::V4(ip))
+        }
+        fn stat(i: usize, round: u32) -> Account {
+            let mut a = Account::new(&format!("s{i}"), Decimal::ONE, Decimal::ZERO);
+            // A few accounts move at every refresh, so each one changes the index.
+            let moved = if i % 100 == 0 { round % 7 } else { 0 };
+            let ip = std::net::Ipv4Addr::new(10, 1 + moved as u8, (i / 250) as u8, (i % 250) as u8);
+            a.ips = vec![IpNet::from(IpAddr::V4(ip))];
+            a
+        }
+
+        let t0 = Instant::now();
+        let snap = Snapshot::new(t0);
+        let initial: Vec<Account> = (0..STATIC)
+            .map(|i| stat(i, 0))
+            .chain((0..PUSHED).map(|i| pushed(i, 0)))
+            .collect();
+        snap.apply_full(initial, t0, 0.5, false).unwrap();
+        // The credit store: each pushed account's current generation, behind its own lock.
+        let store: Vec<Mutex<u32>> = (0..PUSHED).map(|_| Mutex::new(0)).collect();
+        // Seqlock per pushed account: odd while a push of it is in progress.
+        let seq: Vec<AtomicU64> = (0..PUSHED).map(|_| AtomicU64::new(0)).collect();
+        let current: Vec<AtomicU32> = (0..PUSHED).map(|_| AtomicU32::new(0)).collect();
+        let done = AtomicBool::new(false);
+        let refreshes = AtomicUsize::new(0);
+        let lost: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let last_round = AtomicU32::new(0);
+
+        std::thread::scope(|sc| {
+            // Full refreshes, back to back, some with vanished accounts.
+            sc.spawn(|| {
+                let mut round = 0u32;
+                while !done.load(Ordering::Acquire) {
+                    round += 1;
+                    let mut full = snap.begin_full();
+                    for i in 0..STATIC {
+                        full.feed(stat(i, round));
+                    }
+                    if round % 2 == 0 {
+                        for k in 0..20 {
+                            full.feed(acct(&format!("v{k}"), "1", &format!("10.9.0.{k}"), None));
+                        }
+                    }
+                    for (i, cell) in store.iter().enumerate() {
+                        let gen = cell.lock().unwrap();
+                        full.feed(pushed(i, *gen));
+                    }
+                    let _ = full.finish(t0, 0.5, false);
+                    refreshes.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            // Checkers.
+            for _ in 0..2 {
+                sc.spawn(|| {
+                    while !done.load(Ordering::Acquire) {
+                        for i in 0..PUSHED {
+                            let before = seq[i].load(Ordering::Acquire);
+                            if before % 2 == 1 {
+                                continue;
+                            }
+                            let gen = current[i].load(Ordering::Acquire);
+                            let IpNet::V4(net) = pushed_net(i, gen) else {
+                                continue;
+                            };
+                            let got = snap.lookup_ip(IpAddr::V4(net.addr()), b"");
+                            std::sync::atomic::fence(Ordering::Acquire);
+                            if seq[i].load(Ordering::Relaxed) != before {
+                                continue; // pushed meanwhile: the answer may be stale
+                            }
+                            if got.as_deref() != Some(format!("p{i}").as_str()) {
+                                lost.lock().unwrap().push(format!(
+                                    "p{i} at {} (generation {gen}) -> {got:?}",
+                                    net.addr()
+                                ));
+                            }
+                        }
+                    }
+                });
+            }
+            // Pushes.
+            sc.spawn(|| {
+                // At least ROUNDS rounds, and on until a good number of refreshes overlapped.
+                let mut round = 0;
+                while round < ROUNDS || refreshes.load(Ordering::Relaxed) < 20 {
+                    round += 1;
+                    for i in 0..PUSHED {
+                        let mut gen = store[i].lock().unwrap();
+                        seq[i].fetch_add(1, Ordering::AcqRel);
+                        *gen = round;
+                        snap.upsert(pushed(i, round));
+                        current[i].store(round, Ordering::Release);
+                        seq[i].fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                last_round.store(round, Ordering::Release);
+                // Let at least one more refresh overlap the checkers after the last push.
+                let seen = refreshes.load(Ordering::Relaxed);
+                while refreshes.load(Ordering::Relaxed) < seen + 2 {
+                    std::thread::yield_now();
+                }
+                done.store(true, Ordering::Release);
+            });
+        });
+        let lost = lost.into_inner().unwrap();
+        assert!(
+            lost.is_empty(),
+            "{} lookups missed an account ({} refreshes): {:?}",
+            lost.len(),
+            refreshes.load(Ordering::Relaxed),
+            &lost[..lost.len().min(10)]
+        );
+        // And at rest: every account where the store says, and not where it was before.
+        let last = last_round.load(Ordering::Acquire);
+        for i in 0..PUSHED {
+            let IpNet::V4(net) = pushed_net(i, last) else {
+                unreachable!()
+            };
+            assert_eq!(
+                snap.lookup_ip(IpAddr::V4(net.addr()), b"").as_deref(),
+                Some(format!("p{i}").as_str())
+            );
+            assert_eq!(snap.lookup_ip(pushed_net(i, last - 1).network(), b""), None);
+        }
+        for i in (0..STATIC).step_by(7) {
+            let a = stat(i, 0);
+            if i % 100 != 0 {
+                assert_eq!(
+                    snap.lookup_ip(a.ips[0].network(), b"").as_deref(),
+                    Some(&*a.id)
+                );
+            }
+        }
     }
 
     #[test]

@@ -215,4 +215,59 @@ balance = "3"
         );
         assert!(parse_accounts("[[account]\n", Path::new("a.toml")).is_err());
     }
+
+    /// SPEC 4: a negative money/rate field or count makes the record bad (skipped, reported
+    /// with its field); negative balance and debit_limit stay valid.
+    #[test]
+    fn negative_money_and_counts_are_bad_records() {
+        let text = r#"
+[[account]]
+id = "postpay"
+balance = "-42.17"
+debit_limit = "100"
+
+[[account]]
+id = "rate"
+balance = "10"
+rate_per_min = "-0.01"
+
+[[account]]
+id = "daily"
+balance = "10"
+daily_spend_limit = "-5"
+
+[[account]]
+id = "spent"
+balance = "10"
+spent_today = -3
+
+[[account]]
+id = "cps"
+balance = "10"
+max_cps = -1
+
+[[account]]
+id = "chan"
+balance = "10"
+max_channels = "-2"
+"#;
+        let r = parse_accounts(text, Path::new("a.toml")).unwrap();
+        let ids: Vec<_> = r.accounts.iter().map(|a| &*a.id).collect();
+        assert_eq!(ids, ["postpay"]);
+        let fields: Vec<_> = r
+            .bad
+            .iter()
+            .map(|b| (b.id.as_str(), b.field.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("rate", "rate_per_min"),
+                ("daily", "daily_spend_limit"),
+                ("spent", "spent_today"),
+                ("cps", "max_cps"),
+                ("chan", "max_channels"),
+            ]
+        );
+    }
 }

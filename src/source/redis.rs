@@ -763,6 +763,32 @@ mod tests {
         ));
     }
 
+    /// SPEC 4: negative money/rate fields and counts make the record bad, naming the field;
+    /// a negative balance or debit_limit is a valid post-pay account.
+    #[test]
+    fn negative_money_and_counts_are_bad_records() {
+        for (field, value) in [
+            ("rate_per_min", "-0.0100"),
+            ("daily_spend_limit", "-5"),
+            ("spent_today", "-0.5"),
+            ("max_cps", "-1"),
+            ("max_channels", "-3"),
+        ] {
+            let reply = Value::Array(vec![bulk("balance"), bulk("1"), bulk(field), bulk(value)]);
+            match parse_record("neg", Ok(reply)) {
+                Record::Bad(b) => assert_eq!((b.id.as_str(), b.field.as_str()), ("neg", field)),
+                other => panic!("{field} = {value}: {other:?}"),
+            }
+        }
+        let postpay = Value::Array(vec![
+            bulk("balance"),
+            bulk("-42.17"),
+            bulk("debit_limit"),
+            bulk("-5"),
+        ]);
+        assert!(matches!(parse_record("p", Ok(postpay)), Record::Good(_)));
+    }
+
     #[test]
     fn log_limiter_allows_one_line_a_minute() {
         let t0 = Instant::now();

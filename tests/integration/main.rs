@@ -20,3 +20,4 @@ mod sched;
 mod sipp;
 mod spiral;
 mod uri;
+mod snapshot_races;

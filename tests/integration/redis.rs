@@ -19,12 +19,12 @@ use crate::harness::*;
 /// Loopback address of every `redis-server` started here.
 const REDIS_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Key prefix of the test configs (not the default, to show the prefix is honoured).
-const PREFIX: &str = "cgt:";
+pub(crate) const PREFIX: &str = "cgt:";
 /// Upper bound for a change to show through a 1 s refresh (a few refreshes plus reconnect back-off).
-const REFRESH_WAIT: Duration = Duration::from_secs(15);
+pub(crate) const REFRESH_WAIT: Duration = Duration::from_secs(15);
 /// Upper bound for a push update with a 60 s refresh interval: far below the interval, so a
 /// change within it cannot come from a full refresh.
-const PUSH_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const PUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// The accounts of [`harness::ACCOUNTS`] as Redis hashes (field, value).
 const REDIS_ACCOUNTS: [(&str, &[(&str, &str)]); 5] = [
@@ -221,7 +221,7 @@ impl Drop for RedisServer {
 // Daemon on Redis, and decisions
 
 /// [`test_config`] switched to the Redis source at `redis`.
-fn redis_config(
+pub(crate) fn redis_config(
     listen_port: u16,
     switch: &Switch,
     refresh_interval: &str,
@@ -252,7 +252,7 @@ fn start_daemon(refresh_interval: &str, redis: &RedisServer) -> (Daemon, Switch,
 
 /// What became of one new call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// The INVITE reached the switch.
     Admitted,
     /// creditgate answered with this final status.
@@ -261,7 +261,12 @@ enum Outcome {
 
 /// Sends a fresh INVITE from `from_user` and reports whether it reached the switch or which
 /// final reply creditgate sent. Panics if neither happens within [`WAIT`].
-fn decide(daemon: &Daemon, switch: &Switch, caller: &Caller, from_user: &str) -> Outcome {
+pub(crate) fn decide(
+    daemon: &Daemon,
+    switch: &Switch,
+    caller: &Caller,
+    from_user: &str,
+) -> Outcome {
     let d = daemon.sip_addr();
     let call_id = new_call_id();
     let invite = Request::invite(caller.addr(), d, &call_id, from_user);
@@ -286,7 +291,7 @@ fn decide(daemon: &Daemon, switch: &Switch, caller: &Caller, from_user: &str) ->
 }
 
 /// Polls [`decide`] until it gives `want`; panics with the last outcome and the log after `timeout`.
-fn wait_for(
+pub(crate) fn wait_for(
     daemon: &Daemon,
     switch: &Switch,
     caller: &Caller,
@@ -333,7 +338,7 @@ fn wait_for_initial_decisions(daemon: &Daemon, switch: &Switch, caller: &Caller,
     }
 }
 
-fn sighup(daemon: &Daemon) {
+pub(crate) fn sighup(daemon: &Daemon) {
     let pid = daemon.pid().expect("the daemon's pid");
     let st = Command::new("kill")
         .args(["-HUP", &pid.to_string()])
@@ -663,7 +668,7 @@ fn redis_down_at_start_answers_503_then_admits_once_redis_is_up() {
 // Operator commands
 
 /// A config file for the `accounts` commands (any valid daemon config pointing at `redis`).
-fn cli_config(dir: &Path, redis: &RedisServer) -> PathBuf {
+pub(crate) fn cli_config(dir: &Path, redis: &RedisServer) -> PathBuf {
     let switch_addr = std::net::SocketAddr::new(SWITCH_IP, 5080);
     let cfg = test_config(5060, switch_addr, "60s").replacen(
         "source = \"file\"",
