@@ -54,6 +54,11 @@ const REDIS_SCHEMES: [&str; 4] = [
     "redis+sentinel://",
     "redis+unix://",
 ];
+/// Default `log.refusal_lines_per_second`: a screenful a second is enough to see what is being
+/// refused and why; the metrics count every refusal.
+const DEFAULT_REFUSAL_LINES_PER_SECOND: u32 = 20;
+/// Highest `log.refusal_lines_per_second`.
+const MAX_REFUSAL_LINES_PER_SECOND: u32 = 1_000_000;
 /// Level names accepted for `log.level` as a single word.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
@@ -474,6 +479,11 @@ pub struct LogConfig {
     pub level: String,
     /// `"text"` (default) or `"json"`.
     pub format: LogFormat,
+    /// Refusal log lines (and dry-run "would refuse" lines) written per second at most, across
+    /// all workers; the rest are counted in `creditgate_log_lines_suppressed_total` and summed
+    /// up in one line when the next second starts. Default 20; from 1 to 1 000 000. A refusal
+    /// is always counted in the metrics, whatever its log line.
+    pub refusal_lines_per_second: u32,
 }
 
 impl Default for LogConfig {
@@ -481,6 +491,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_owned(),
             format: LogFormat::Text,
+            refusal_lines_per_second: DEFAULT_REFUSAL_LINES_PER_SECOND,
         }
     }
 }
@@ -920,6 +931,8 @@ struct RawLog {
     level: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal_lines_per_second: Option<u32>,
 }
 
 /// A size as written: `"8MiB"` or a bare integer of bytes; kept as text until checked.
@@ -1524,7 +1537,27 @@ fn check_log(raw: RawLog, ck: &mut Checker) -> LogConfig {
         check_log_level(&s).map(|()| s.trim().to_owned())
     });
     let format = raw.format.unwrap_or(d.format);
-    LogConfig { level, format }
+    let refusal_lines_per_second = value(
+        ck,
+        "log.refusal_lines_per_second",
+        raw.refusal_lines_per_second,
+        d.refusal_lines_per_second,
+        |n| {
+            if (1..=MAX_REFUSAL_LINES_PER_SECOND).contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{n} is outside 1 ..= {MAX_REFUSAL_LINES_PER_SECOND} (the metrics count \
+                     every refusal; this only bounds the log lines)"
+                ))
+            }
+        },
+    );
+    LogConfig {
+        level,
+        format,
+        refusal_lines_per_second,
+    }
 }
 
 /// Checks that relate keys of different tables.
@@ -1961,6 +1994,7 @@ impl From<&Config> for RawConfig {
         let log = RawLog {
             level: Some(c.log.level.clone()),
             format: Some(c.log.format),
+            refusal_lines_per_second: Some(c.log.refusal_lines_per_second),
         };
         RawConfig {
             sip: Some(sip),
@@ -2751,6 +2785,23 @@ listen = \"localhost\"
             ok(&with("[log]\nformat = \"json\"\n")).log.format,
             LogFormat::Json
         );
+    }
+
+    #[test]
+    fn refusal_log_rate() {
+        assert_eq!(ok(MINIMAL).log.refusal_lines_per_second, 20);
+        assert_eq!(
+            ok(&with("[log]\nrefusal_lines_per_second = 5\n"))
+                .log
+                .refusal_lines_per_second,
+            5
+        );
+        for bad in ["0", "1000001", "-1", "\"10\""] {
+            problem_at(
+                &with(&format!("[log]\nrefusal_lines_per_second = {bad}\n")),
+                "log.refusal_lines_per_second",
+            );
+        }
     }
 
     #[test]

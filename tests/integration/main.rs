@@ -13,6 +13,7 @@
 
 mod flood;
 mod harness;
+mod logs;
 mod ops;
 mod proxy;
 mod redis;
