@@ -423,6 +423,13 @@ pub struct ReplyConfig {
     pub cps_limit: ReplySpec,
     /// `daily_spend_limit` reached. Default 402 Payment Required.
     pub spend_limit: ReplySpec,
+    /// Whether a refusal tells the caller its cause (default `true`): each cause gets its own
+    /// reply above and a `Reason: SIP;cause=CODE;text="CAUSE"` header. `false` hides what an
+    /// unauthenticated scanner could learn from it: refusals for no credit
+    /// (`insufficient_credit`, `spend_limit`), a disabled account and no account at all are all
+    /// sent with the `unknown_account` reply, and no refusal carries a `Reason` header. Logs and
+    /// metrics keep the real cause either way.
+    pub reveal_cause: bool,
 }
 
 impl Default for ReplyConfig {
@@ -435,6 +442,7 @@ impl Default for ReplyConfig {
             channel_limit: ReplySpec::new(503, "Service Unavailable", None),
             cps_limit: ReplySpec::new(503, "Service Unavailable", Some(Duration::from_secs(1))),
             spend_limit: ReplySpec::new(402, "Payment Required", None),
+            reveal_cause: true,
         }
     }
 }
@@ -901,6 +909,8 @@ struct RawReply {
     cps_limit: Option<RawReplySpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     spend_limit: Option<RawReplySpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reveal_cause: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -1432,6 +1442,7 @@ fn check_reply(raw: RawReply, ck: &mut Checker) -> ReplyConfig {
         ),
         cps_limit: check_reply_spec(ck, "reply.cps_limit", raw.cps_limit, d.cps_limit),
         spend_limit: check_reply_spec(ck, "reply.spend_limit", raw.spend_limit, d.spend_limit),
+        reveal_cause: raw.reveal_cause.unwrap_or(d.reveal_cause),
     }
 }
 
@@ -1986,6 +1997,7 @@ impl From<&Config> for RawConfig {
             channel_limit: spec(&r.channel_limit),
             cps_limit: spec(&r.cps_limit),
             spend_limit: spec(&r.spend_limit),
+            reveal_cause: Some(r.reveal_cause),
         };
         let admin = RawAdmin {
             listen: Some(c.admin.listen.map(|a| a.to_string()).unwrap_or_default()),
@@ -2784,6 +2796,20 @@ listen = \"localhost\"
         assert_eq!(
             ok(&with("[log]\nformat = \"json\"\n")).log.format,
             LogFormat::Json
+        );
+    }
+
+    #[test]
+    fn reveal_cause_key() {
+        assert!(ok(MINIMAL).reply.reveal_cause);
+        assert!(
+            !ok(&with("[reply]\nreveal_cause = false\n"))
+                .reply
+                .reveal_cause
+        );
+        problem_at(
+            &with("[reply]\nreveal_cause = \"no\"\n"),
+            "reply.reveal_cause",
         );
     }
 

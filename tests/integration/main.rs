@@ -17,5 +17,6 @@ mod logs;
 mod ops;
 mod proxy;
 mod redis;
+mod reveal;
 mod sched;
 mod sipp;
