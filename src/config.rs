@@ -54,6 +54,11 @@ const REDIS_SCHEMES: [&str; 4] = [
     "redis+sentinel://",
     "redis+unix://",
 ];
+/// Default `log.refusal_lines_per_second`: a screenful a second is enough to see what is being
+/// refused and why; the metrics count every refusal.
+const DEFAULT_REFUSAL_LINES_PER_SECOND: u32 = 20;
+/// Highest `log.refusal_lines_per_second`.
+const MAX_REFUSAL_LINES_PER_SECOND: u32 = 1_000_000;
 /// Level names accepted for `log.level` as a single word.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
@@ -418,6 +423,13 @@ pub struct ReplyConfig {
     pub cps_limit: ReplySpec,
     /// `daily_spend_limit` reached. Default 402 Payment Required.
     pub spend_limit: ReplySpec,
+    /// Whether a refusal tells the caller its cause (default `true`): each cause gets its own
+    /// reply above and a `Reason: SIP;cause=CODE;text="CAUSE"` header. `false` hides what an
+    /// unauthenticated scanner could learn from it: refusals for no credit
+    /// (`insufficient_credit`, `spend_limit`), a disabled account and no account at all are all
+    /// sent with the `unknown_account` reply, and no refusal carries a `Reason` header. Logs and
+    /// metrics keep the real cause either way.
+    pub reveal_cause: bool,
 }
 
 impl Default for ReplyConfig {
@@ -430,6 +442,7 @@ impl Default for ReplyConfig {
             channel_limit: ReplySpec::new(503, "Service Unavailable", None),
             cps_limit: ReplySpec::new(503, "Service Unavailable", Some(Duration::from_secs(1))),
             spend_limit: ReplySpec::new(402, "Payment Required", None),
+            reveal_cause: true,
         }
     }
 }
@@ -474,6 +487,11 @@ pub struct LogConfig {
     pub level: String,
     /// `"text"` (default) or `"json"`.
     pub format: LogFormat,
+    /// Refusal log lines (and dry-run "would refuse" lines) written per second at most, across
+    /// all workers; the rest are counted in `creditgate_log_lines_suppressed_total` and summed
+    /// up in one line when the next second starts. Default 20; from 1 to 1 000 000. A refusal
+    /// is always counted in the metrics, whatever its log line.
+    pub refusal_lines_per_second: u32,
 }
 
 impl Default for LogConfig {
@@ -481,6 +499,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_owned(),
             format: LogFormat::Text,
+            refusal_lines_per_second: DEFAULT_REFUSAL_LINES_PER_SECOND,
         }
     }
 }
@@ -890,6 +909,8 @@ struct RawReply {
     cps_limit: Option<RawReplySpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     spend_limit: Option<RawReplySpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reveal_cause: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -920,6 +941,8 @@ struct RawLog {
     level: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal_lines_per_second: Option<u32>,
 }
 
 /// A size as written: `"8MiB"` or a bare integer of bytes; kept as text until checked.
@@ -1419,6 +1442,7 @@ fn check_reply(raw: RawReply, ck: &mut Checker) -> ReplyConfig {
         ),
         cps_limit: check_reply_spec(ck, "reply.cps_limit", raw.cps_limit, d.cps_limit),
         spend_limit: check_reply_spec(ck, "reply.spend_limit", raw.spend_limit, d.spend_limit),
+        reveal_cause: raw.reveal_cause.unwrap_or(d.reveal_cause),
     }
 }
 
@@ -1524,7 +1548,27 @@ fn check_log(raw: RawLog, ck: &mut Checker) -> LogConfig {
         check_log_level(&s).map(|()| s.trim().to_owned())
     });
     let format = raw.format.unwrap_or(d.format);
-    LogConfig { level, format }
+    let refusal_lines_per_second = value(
+        ck,
+        "log.refusal_lines_per_second",
+        raw.refusal_lines_per_second,
+        d.refusal_lines_per_second,
+        |n| {
+            if (1..=MAX_REFUSAL_LINES_PER_SECOND).contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{n} is outside 1 ..= {MAX_REFUSAL_LINES_PER_SECOND} (the metrics count \
+                     every refusal; this only bounds the log lines)"
+                ))
+            }
+        },
+    );
+    LogConfig {
+        level,
+        format,
+        refusal_lines_per_second,
+    }
 }
 
 /// Checks that relate keys of different tables.
@@ -1953,6 +1997,7 @@ impl From<&Config> for RawConfig {
             channel_limit: spec(&r.channel_limit),
             cps_limit: spec(&r.cps_limit),
             spend_limit: spec(&r.spend_limit),
+            reveal_cause: Some(r.reveal_cause),
         };
         let admin = RawAdmin {
             listen: Some(c.admin.listen.map(|a| a.to_string()).unwrap_or_default()),
@@ -1961,6 +2006,7 @@ impl From<&Config> for RawConfig {
         let log = RawLog {
             level: Some(c.log.level.clone()),
             format: Some(c.log.format),
+            refusal_lines_per_second: Some(c.log.refusal_lines_per_second),
         };
         RawConfig {
             sip: Some(sip),
@@ -2751,6 +2797,37 @@ listen = \"localhost\"
             ok(&with("[log]\nformat = \"json\"\n")).log.format,
             LogFormat::Json
         );
+    }
+
+    #[test]
+    fn reveal_cause_key() {
+        assert!(ok(MINIMAL).reply.reveal_cause);
+        assert!(
+            !ok(&with("[reply]\nreveal_cause = false\n"))
+                .reply
+                .reveal_cause
+        );
+        problem_at(
+            &with("[reply]\nreveal_cause = \"no\"\n"),
+            "reply.reveal_cause",
+        );
+    }
+
+    #[test]
+    fn refusal_log_rate() {
+        assert_eq!(ok(MINIMAL).log.refusal_lines_per_second, 20);
+        assert_eq!(
+            ok(&with("[log]\nrefusal_lines_per_second = 5\n"))
+                .log
+                .refusal_lines_per_second,
+            5
+        );
+        for bad in ["0", "1000001", "-1", "\"10\""] {
+            problem_at(
+                &with(&format!("[log]\nrefusal_lines_per_second = {bad}\n")),
+                "log.refusal_lines_per_second",
+            );
+        }
     }
 
     #[test]

@@ -87,7 +87,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            creditgate::daemon::logging::init(&cfg.log);
+            // Kept until main returns: dropping it flushes the log queue (the last lines,
+            // "creditgate stopped" among them, are written before the process exits).
+            let _log_guard = creditgate::daemon::logging::init(&cfg.log);
             let workers = creditgate::daemon::net::worker_count(cfg.sip.workers);
             let runtimes = creditgate::daemon::packet_runtime(workers, cfg.sip.realtime_priority)
                 .and_then(|p| Ok((p, creditgate::daemon::control_runtime()?)));

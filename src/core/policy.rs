@@ -68,14 +68,21 @@ enum OwnHost {
     Name(String),
 }
 
-fn reply_template(cause: RefusalCause, spec: &ReplySpec) -> ReplyTemplate {
+/// The template of `cause` from its `spec`; with `reveal` false, without the `Reason` header
+/// (which would name the cause).
+fn reply_template(cause: RefusalCause, spec: &ReplySpec, reveal: bool) -> ReplyTemplate {
     let status_line = format!("SIP/2.0 {} {}\r\n", spec.code, spec.reason).into_bytes();
-    let mut extra = format!(
-        "Reason: SIP;cause={};text=\"{}\"\r\n",
-        spec.code,
-        cause.as_str()
-    )
-    .into_bytes();
+    let mut extra = Vec::new();
+    if reveal {
+        extra.extend_from_slice(
+            format!(
+                "Reason: SIP;cause={};text=\"{}\"\r\n",
+                spec.code,
+                cause.as_str()
+            )
+            .as_bytes(),
+        );
+    }
     if let Some(ra) = spec.retry_after {
         extra.extend_from_slice(format!("Retry-After: {}\r\n", ra.as_secs().max(1)).as_bytes());
     }
@@ -120,14 +127,26 @@ impl Policy {
             .collect();
         trusted.extend(cfg.sip.trusted.iter().copied());
         let r = &cfg.reply;
+        let reveal = r.reveal_cause;
+        // `[reply] reveal_cause = false`: the refusals that tell an account's state to whoever
+        // names it (no credit, daily limit, disabled) look like the one for no account at all.
+        let hidden = |own| if reveal { own } else { &r.unknown_account };
         let replies = [
-            reply_template(RefusalCause::InsufficientCredit, &r.insufficient_credit),
-            reply_template(RefusalCause::UnknownAccount, &r.unknown_account),
-            reply_template(RefusalCause::AccountDisabled, &r.account_disabled),
-            reply_template(RefusalCause::NoSnapshot, &r.no_snapshot),
-            reply_template(RefusalCause::ChannelLimit, &r.channel_limit),
-            reply_template(RefusalCause::CpsLimit, &r.cps_limit),
-            reply_template(RefusalCause::SpendLimit, &r.spend_limit),
+            reply_template(
+                RefusalCause::InsufficientCredit,
+                hidden(&r.insufficient_credit),
+                reveal,
+            ),
+            reply_template(RefusalCause::UnknownAccount, &r.unknown_account, reveal),
+            reply_template(
+                RefusalCause::AccountDisabled,
+                hidden(&r.account_disabled),
+                reveal,
+            ),
+            reply_template(RefusalCause::NoSnapshot, &r.no_snapshot, reveal),
+            reply_template(RefusalCause::ChannelLimit, &r.channel_limit, reveal),
+            reply_template(RefusalCause::CpsLimit, &r.cps_limit, reveal),
+            reply_template(RefusalCause::SpendLimit, hidden(&r.spend_limit), reveal),
         ];
         Ok(Policy {
             keys,
@@ -201,5 +220,111 @@ impl Policy {
             .find(|l| l.bound == local && (fam(&l.bound) == fam(&dest) || dual(l)))
             .or_else(|| self.listeners.iter().find(|l| fam(&l.bound) == fam(&dest)))
             .or_else(|| self.listeners.iter().find(|l| dual(l)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::core::{handle, Action, Event, Packet};
+    use crate::credit::Account;
+    use crate::snapshot::Snapshot;
+
+    fn policy(extra: &str) -> Policy {
+        let cfg = Config::from_toml_str(
+            &format!("[sip]\nupstream = [\"127.0.0.2:5080\"]\n{extra}"),
+            std::path::Path::new(""),
+        )
+        .unwrap();
+        let l = Listener {
+            bound: "127.0.0.1:5060".parse().unwrap(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 5060,
+        };
+        Policy::new(&cfg, Keys::new(b"unit-test-secret-unit-test"), vec![l]).unwrap()
+    }
+
+    /// The refusal of a new call from `user`: (status line, whole reply, cause).
+    fn refuse(p: &Policy, snap: &Snapshot, now: Instant, user: &str) -> (String, String, String) {
+        let data = format!(
+            "INVITE sip:+4915112345@127.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:40000;rport;branch=z9hG4bK-{user}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{user}@example.com>;tag=ft-{user}\r\n\
+             To: <sip:+4915112345@example.com>\r\n\
+             Call-ID: c-{user}@example.com\r\n\
+             CSeq: 1 INVITE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let o = handle(
+            Packet {
+                data: data.as_bytes(),
+                source: "127.0.0.1:40000".parse().unwrap(),
+                local: "127.0.0.1:5060".parse().unwrap(),
+                now,
+            },
+            snap,
+            p,
+        );
+        let Action::Reply { bytes, .. } = o.action else {
+            panic!("not refused: {:?}", o.event)
+        };
+        let Event::Refused { cause, .. } = o.event else {
+            panic!("not refused: {:?}", o.event)
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        let status = text.lines().next().unwrap().to_owned();
+        (status, text, cause.as_str().to_owned())
+    }
+
+    /// `reveal_cause = false`: no credit, disabled and unknown get the same code and reason and
+    /// no Reason header; the event keeps the real cause for logs and metrics.
+    #[test]
+    fn hidden_causes_look_alike() {
+        let t0 = Instant::now();
+        let snap = Snapshot::new(t0);
+        let mut off = Account::new("off", Decimal::from(100), Decimal::ZERO);
+        off.enabled = false;
+        let bob = Account::new("bob", Decimal::ZERO, Decimal::ZERO);
+        snap.apply_full(vec![bob, off], t0, 0.5, false).unwrap();
+        let now = t0 + Duration::from_secs(1);
+
+        let shown = policy("");
+        let cases = [
+            ("bob", "insufficient_credit", "SIP/2.0 402 Payment Required"),
+            ("off", "account_disabled", "SIP/2.0 403 Forbidden"),
+            ("nobody", "unknown_account", "SIP/2.0 403 Forbidden"),
+        ];
+        for (user, cause, status) in cases {
+            let (s, text, c) = refuse(&shown, &snap, now, user);
+            assert_eq!((s.as_str(), c.as_str()), (status, cause));
+            assert!(
+                text.contains(&format!(
+                    "Reason: SIP;cause={};text=\"{cause}\"",
+                    &status[8..11]
+                )),
+                "{text}"
+            );
+        }
+
+        let hidden = policy(
+            "[reply]\nreveal_cause = false\nunknown_account = { code = 404, reason = \"Not Found\" }\n",
+        );
+        for (user, cause, _) in cases {
+            let (s, text, c) = refuse(&hidden, &snap, now, user);
+            assert_eq!((s.as_str(), c.as_str()), ("SIP/2.0 404 Not Found", cause));
+            assert!(!text.contains("Reason:"), "{text}");
+        }
+        // The other refusals keep their code (503 asks the caller to retry or route elsewhere),
+        // without the cause either; Retry-After stays.
+        let cps = hidden.reply(RefusalCause::CpsLimit);
+        assert_eq!(cps.code, 503);
+        assert_eq!(cps.extra, b"Retry-After: 1\r\n");
+        assert_eq!(hidden.reply(RefusalCause::SpendLimit).code, 404);
     }
 }

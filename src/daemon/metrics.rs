@@ -299,6 +299,20 @@ impl CreditgateCollector {
         )?;
         counter(
             enc,
+            "creditgate_log_lines_suppressed",
+            "Refusal log lines not written because of [log] refusal_lines_per_second (the refusals themselves are all counted in creditgate_refusals_total).",
+            None,
+            c.refusal_lines.suppressed.get(),
+        )?;
+        counter(
+            enc,
+            "creditgate_log_lines_dropped",
+            "Log lines dropped because stderr (the journal) did not keep up and the log queue was full.",
+            None,
+            super::logging::dropped_lines(),
+        )?;
+        counter(
+            enc,
             "creditgate_send_errors",
             "Datagrams the kernel refused to send (send_to failed).",
             None,

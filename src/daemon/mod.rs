@@ -174,6 +174,10 @@ pub async fn run(
         counters: events::Counters::default(),
         started,
     });
+    shared
+        .counters
+        .refusal_lines
+        .set_rate(cfg.log.refusal_lines_per_second);
     let shutdown = CancellationToken::new();
     let refresher = refresh::Refresher::new(&cfg, Arc::clone(&shared));
     // Started before the first load: updates arriving during it are re-read after it.

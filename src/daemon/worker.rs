@@ -194,7 +194,7 @@ async fn serve(task: Task, shutdown: CancellationToken) {
             outcome.method,
             &outcome.event,
             source,
-            start.elapsed(),
+            start,
         );
         match outcome.action {
             Action::Forward { from, to, bytes } | Action::Reply { from, to, bytes } => {

@@ -13,9 +13,11 @@
 
 mod flood;
 mod harness;
+mod logs;
 mod ops;
 mod proxy;
 mod redis;
+mod reveal;
 mod sched;
 mod sipp;
 mod spiral;
