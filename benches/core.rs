@@ -118,6 +118,7 @@ fn bench(c: &mut Criterion) {
                 source: src,
                 local,
                 now: t0,
+                wall_secs: 1_800_000_000,
             },
             &snap,
             &policy,

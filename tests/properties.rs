@@ -183,7 +183,7 @@ proptest! {
         let (snap, policy, t0) = setup();
         let input = invite(compact, flip, &extras, &body, mf);
         let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let o = handle(Packet { data: &input, source: src, local: "127.0.0.1:5060".parse().unwrap(), now: t0 }, &snap, &policy);
+        let o = handle(Packet { data: &input, source: src, local: "127.0.0.1:5060".parse().unwrap(), now: t0, wall_secs: 1_800_000_000 }, &snap, &policy);
         prop_assert!(matches!(o.event, Event::Admitted { .. }), "{:?}", o.event);
         let Action::Forward { bytes, .. } = o.action else { panic!("not forwarded") };
         let mut back = remove_lines_starting(&bytes, b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKcg");
@@ -225,7 +225,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let (snap, policy, t0) = setup();
-        let _ = handle(Packet { data: &data, source: "127.0.0.1:40000".parse().unwrap(), local: "127.0.0.1:5060".parse().unwrap(), now: t0 }, &snap, &policy);
+        let _ = handle(Packet { data: &data, source: "127.0.0.1:40000".parse().unwrap(), local: "127.0.0.1:5060".parse().unwrap(), now: t0, wall_secs: 1_800_000_000 }, &snap, &policy);
     }
 
     #[test]
@@ -239,7 +239,7 @@ proptest! {
         let p = pos.index(input.len());
         input[p] = byte;
         input.truncate(cut.index(input.len()) + 1);
-        let o = handle(Packet { data: &input, source: "127.0.0.1:40000".parse().unwrap(), local: "127.0.0.1:5060".parse().unwrap(), now: t0 }, &snap, &policy);
+        let o = handle(Packet { data: &input, source: "127.0.0.1:40000".parse().unwrap(), local: "127.0.0.1:5060".parse().unwrap(), now: t0, wall_secs: 1_800_000_000 }, &snap, &policy);
         if let Action::Forward { bytes, .. } = &o.action {
             let again = scan(bytes).unwrap();
             prop_assert!(again.defect.is_none());

@@ -272,6 +272,7 @@ impl World {
                 source,
                 local: self.local(),
                 now: self.now,
+                wall_secs: 1_800_000_000,
             },
             &self.snap,
             p,

@@ -134,6 +134,7 @@ fn run<'a>(w: &World, policy: &Policy, data: &'a [u8], source: SocketAddr) -> Ou
             source,
             local: CG,
             now: w.t0 + Duration::from_secs(1),
+            wall_secs: 1_800_000_000,
         },
         &w.snap,
         policy,

@@ -1,8 +1,8 @@
 //! The sans-IO core: one datagram in, one [`Action`] out.
 //!
 //! [`handle`] is a pure function of (datagram bytes, source address, local address, `now`,
-//! snapshot, policy). It owns no socket, reads no clock and draws no randomness: the daemon
-//! passes everything in, and unit tests drive it with plain byte strings.
+//! `wall_secs`, snapshot, policy). It owns no socket, reads no clock and draws no randomness:
+//! the daemon passes everything in, and unit tests drive it with plain byte strings.
 //!
 //! Layers: [`scan`] frames the datagram, [`grammar`] reads the few header values the proxy
 //! interprets, [`splice`] builds the forwarded bytes by editing the arrival buffer, [`keys`] makes
@@ -33,6 +33,8 @@ pub struct Packet<'a> {
     /// The local address of the socket it arrived on.
     pub local: SocketAddr,
     pub now: Instant,
+    /// Wall-clock time in unix seconds: Route tokens carry their issue time (SPEC 6).
+    pub wall_secs: u64,
 }
 
 /// What the shell must do.

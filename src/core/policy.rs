@@ -60,6 +60,8 @@ pub struct Policy {
     pub max_staleness: Duration,
     pub on_no_snapshot: OnNoSnapshot,
     pub enforce: bool,
+    /// How long a Route token stays valid, in minutes (`[live] call_expiry`, rounded up).
+    pub token_life_min: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +170,7 @@ impl Policy {
             max_staleness: cfg.credit.max_staleness,
             on_no_snapshot: cfg.credit.on_no_snapshot,
             enforce: cfg.credit.enforce,
+            token_life_min: cfg.live.call_expiry.as_secs().div_ceil(60).max(1),
         })
     }
 

@@ -16,6 +16,8 @@ use crate::snapshot::Snapshot;
 const CG: &str = "127.0.0.1:5060";
 const SWITCH: &str = "127.0.0.2:5080";
 const CALLER: &str = "127.0.0.1:40000";
+/// The wall clock the tests run at (unix seconds, 2027-01-15).
+const WALL: u64 = 1_800_000_000;
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -86,6 +88,7 @@ fn run<'a>(w: &World, p: &Policy, data: &'a [u8], from: &str) -> Outcome<'a> {
             source: sa(from),
             local: sa(CG),
             now: w.t0 + Duration::from_secs(1),
+            wall_secs: WALL,
         },
         &w.snap,
         p,
@@ -1136,6 +1139,7 @@ fn no_snapshot_stale_and_dry_run() {
                 source: sa(CALLER),
                 local: sa(CG),
                 now,
+                wall_secs: WALL,
             },
             &w.snap,
             p,
@@ -1346,6 +1350,7 @@ fn ipv6_listeners_and_upstreams_bridge_families() {
             source: sa("[2001:db8::5]:5080"),
             local: sa("[::1]:5060"),
             now: w.t0,
+            wall_secs: WALL,
         },
         &w.snap,
         &p,
@@ -1363,6 +1368,7 @@ fn ipv6_listeners_and_upstreams_bridge_families() {
             source: sa("[2001:db8::77]:40000"),
             local: sa("[::1]:5060"),
             now: w.t0,
+            wall_secs: WALL,
         },
         &w.snap,
         &p,

@@ -166,6 +166,11 @@ async fn serve(task: Task, shutdown: CancellationToken) {
             }
         };
         let start = Instant::now();
+        // The wall clock the core dates and checks Route tokens with (SPEC 6); read here, never
+        // in the core.
+        let wall_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         if let Some(Verdict::Refuse { first_in_window }) =
             limiter.as_mut().map(|l| l.check(source.ip(), start))
         {
@@ -185,6 +190,7 @@ async fn serve(task: Task, shutdown: CancellationToken) {
                 source,
                 local,
                 now: start,
+                wall_secs,
             },
             &shared.snapshot,
             &policy,
