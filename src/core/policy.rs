@@ -270,6 +270,7 @@ mod tests {
                 source: "127.0.0.1:40000".parse().unwrap(),
                 local: "127.0.0.1:5060".parse().unwrap(),
                 now,
+                wall_secs: 1_767_225_600,
             },
             snap,
             p,

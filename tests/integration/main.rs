@@ -20,6 +20,6 @@ mod redis;
 mod reveal;
 mod sched;
 mod sipp;
+mod snapshot_races;
 mod spiral;
 mod uri;
-mod snapshot_races;
