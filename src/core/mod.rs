@@ -6,9 +6,11 @@
 //!
 //! Layers: [`scan`] frames the datagram, [`grammar`] reads the few header values the proxy
 //! interprets, [`splice`] builds the forwarded bytes by editing the arrival buffer, [`keys`] makes
-//! and checks the keyed branch / tag / Route token, and [`proxy`] holds the RFC 3261 16.11
-//! stateless-proxy and admission logic.
+//! and checks the keyed branch / tag / Route token, [`admission`] identifies the caller and makes
+//! the credit decision (for the proxy and the admin API alike), and [`proxy`] holds the RFC 3261
+//! 16.11 stateless-proxy logic.
 
+pub mod admission;
 pub mod grammar;
 pub mod keys;
 pub mod policy;

@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use smallvec::SmallVec;
 
+use super::admission;
 use super::grammar::{
     self, for_each_name_addr, for_each_via, parse_uri, single_name_addr, Host, NameAddr, Scheme,
     Via,
@@ -23,8 +24,7 @@ use super::splice::{bytes, Edits};
 use super::{
     AccountId, Action, Answer, DropReason, Event, MethodClass, Outcome, Packet, PassKind, Policy,
 };
-use crate::config::{IdentifyRule, OnNoSnapshot, OnStale};
-use crate::credit::{credit_decision, CreditDecision, RefusalCause};
+use crate::credit::RefusalCause;
 use crate::snapshot::Snapshot;
 
 const MAGIC: &[u8] = b"z9hG4bK";
@@ -507,7 +507,13 @@ fn handle_request<'a>(
             Event::Passed(PassKind::InDialog)
         } else if is_check_method {
             // A new call, or an in-dialog request without creditgate's token: credit decides.
-            match admission(&req, ruri_user, pkt, snap, policy) {
+            let caller = admission::CallerInfo {
+                msg,
+                from: req.from.as_ref(),
+                ruri_user,
+                source: pkt.source.ip(),
+            };
+            match admission::admission(&caller, snap, policy, pkt.now) {
                 Ok(account) => Event::Admitted { account, call_id },
                 Err((cause, account)) if policy.enforce => {
                     return refusal(&req, pkt, policy, cause, account);
@@ -862,125 +868,6 @@ impl<'a> RouteInfo<'a> {
         ct_eq(t, &policy.keys.route_token(call_id, from_tag))
             || ct_eq(t, &policy.keys.route_token(call_id, to_tag))
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Admission
-
-type Refusal<'a> = (RefusalCause, Option<AccountId<'a>>);
-
-/// Identifies the caller and decides from the snapshot (SPEC sections 1, 4, 5).
-fn admission<'a>(
-    req: &Req<'_, 'a>,
-    ruri_user: &'a [u8],
-    pkt: Packet<'a>,
-    snap: &Snapshot,
-    policy: &Policy,
-) -> Result<Option<AccountId<'a>>, Refusal<'a>> {
-    let Some(age) = snap.age(pkt.now) else {
-        return match policy.on_no_snapshot {
-            OnNoSnapshot::Reject => Err((RefusalCause::NoSnapshot, None)),
-            OnNoSnapshot::Admit => Ok(None),
-        };
-    };
-    let Some(id) = identify(req, ruri_user, pkt, snap, policy) else {
-        return Err((RefusalCause::UnknownAccount, None));
-    };
-    let Some(view) = snap.credit(id.as_str()) else {
-        return Err((RefusalCause::UnknownAccount, Some(id)));
-    };
-    if age > policy.max_staleness {
-        let refuse = match policy.on_stale {
-            OnStale::Serve => false,
-            OnStale::Reject => true,
-            OnStale::RejectPrepaid => view.debit_limit <= rust_decimal::Decimal::ZERO,
-        };
-        if refuse {
-            return Err((RefusalCause::NoSnapshot, Some(id)));
-        }
-    }
-    match credit_decision(view.enabled, view.balance, view.debit_limit) {
-        CreditDecision::Admit => Ok(Some(id)),
-        CreditDecision::Refuse(cause) => Err((cause, Some(id))),
-    }
-}
-
-/// The identification rules in the configured order; the first that names a known account wins.
-fn identify<'a>(
-    req: &Req<'_, 'a>,
-    ruri_user: &'a [u8],
-    pkt: Packet<'a>,
-    snap: &Snapshot,
-    policy: &Policy,
-) -> Option<AccountId<'a>> {
-    let buf = req.msg.buf;
-    for rule in &policy.identify {
-        let found: Option<AccountId<'a>> = match rule {
-            IdentifyRule::SourceIp => snap
-                .lookup_ip(pkt.source.ip(), ruri_user)
-                .map(AccountId::Shared),
-            IdentifyRule::Header(name) => req
-                .msg
-                .headers
-                .iter()
-                .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
-                .and_then(|h| std::str::from_utf8(&buf[h.value.clone()]).ok())
-                .map(AccountId::Borrowed),
-            IdentifyRule::AuthUser => req
-                .msg
-                .headers
-                .iter()
-                .filter(|h| matches!(h.kind, Hdr::ProxyAuthorization | Hdr::Authorization))
-                .find_map(|h| auth_username(&buf[h.value.clone()]))
-                .and_then(|u| std::str::from_utf8(u).ok())
-                .map(AccountId::Borrowed),
-            IdentifyRule::FromUser => req
-                .from
-                .as_ref()
-                .and_then(|f| parse_uri(buf, f.uri.clone()).ok())
-                .and_then(|u| u.user)
-                .and_then(|u| std::str::from_utf8(&buf[u]).ok())
-                .map(AccountId::Borrowed),
-        };
-        if let Some(id) = found {
-            if snap.credit(id.as_str()).is_some() {
-                return Some(id);
-            }
-        }
-    }
-    None
-}
-
-/// The `username` parameter of a Digest credentials value (quoted or token).
-fn auth_username(v: &[u8]) -> Option<&[u8]> {
-    let sp = v.iter().position(|b| b.is_ascii_whitespace())?;
-    let mut rest = &v[sp..];
-    loop {
-        rest = trim_start(rest);
-        let eq = rest.iter().position(|b| *b == b'=')?;
-        let name = trim(&rest[..eq]);
-        rest = trim_start(&rest[eq + 1..]);
-        let (val, after) = if rest.first() == Some(&b'"') {
-            let close = rest[1..].iter().position(|b| *b == b'"')? + 1;
-            (&rest[1..close], &rest[close + 1..])
-        } else {
-            let end = rest.iter().position(|b| *b == b',').unwrap_or(rest.len());
-            (trim(&rest[..end]), &rest[end..])
-        };
-        if name.eq_ignore_ascii_case(b"username") {
-            return (!val.is_empty()).then_some(val);
-        }
-        let comma = after.iter().position(|b| *b == b',')?;
-        rest = &after[comma + 1..];
-    }
-}
-
-fn trim_start(s: &[u8]) -> &[u8] {
-    let a = s
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(s.len());
-    &s[a..]
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1694,3 +1694,66 @@ fn invite_cancel_and_ack_share_a_branch_with_routes_and_credentials() {
     let (_, g) = fwd(&run(&w, &p, bye_auth.as_bytes(), CALLER));
     assert_ne!(b(&f), b(&g));
 }
+
+/// The admin API's decision for an identified account (`admission::decide`) is the proxy's: for
+/// every account and snapshot state, a new INVITE identified as that account gets the same
+/// outcome through `handle`.
+#[test]
+fn admin_decision_is_the_proxys_decision() {
+    let w = world();
+    // Fresh; then stale (6 minutes, default max_staleness 5m) under each on_stale rule.
+    for (on_stale, at) in [
+        (OnStale::Serve, 1u64),
+        (OnStale::Serve, 360),
+        (OnStale::Reject, 360),
+        (OnStale::RejectPrepaid, 360),
+    ] {
+        let extra = format!("{on_stale:?} at {at}s");
+        let mut c = config();
+        c.credit.on_stale = on_stale;
+        let p = policy_from(&c);
+        let now = w.t0 + Duration::from_secs(at);
+        for user in ["alice", "bob", "carol", "dave", "tiny", "off", "nobody"] {
+            let want =
+                super::admission::decide(&w.snap, &p, now, || Some(AccountId::Borrowed(user)));
+            let m = invite(user, &format!("ad-{user}"), "");
+            let o = handle(
+                Packet {
+                    data: &m,
+                    source: sa(CALLER),
+                    local: sa(CG),
+                    now,
+                },
+                &w.snap,
+                &p,
+            );
+            match (&want, &o.event) {
+                (Ok(_), Event::Admitted { .. }) => {}
+                (Err((cause, _)), Event::Refused { cause: c, .. }) if c == cause => {}
+                _ => panic!("{user} ({extra}): admin {want:?}, proxy {:?}", o.event),
+            }
+        }
+    }
+    // No snapshot at all.
+    let empty = Snapshot::new(w.t0);
+    let p = policy();
+    let want = super::admission::decide(&empty, &p, w.t0, || None);
+    assert_eq!(want, Err((RefusalCause::NoSnapshot, None)));
+    let m = invite("alice", "ad-none", "");
+    let o = run(
+        &World {
+            snap: empty,
+            t0: w.t0,
+        },
+        &p,
+        &m,
+        CALLER,
+    );
+    assert!(matches!(
+        o.event,
+        Event::Refused {
+            cause: RefusalCause::NoSnapshot,
+            ..
+        }
+    ));
+}

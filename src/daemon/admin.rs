@@ -14,8 +14,7 @@
 //!
 //! Boundary: this module reads the shared snapshot and policy and asks the refresher for
 //! refreshes; it never touches the packet path. The decision shown by `/accounts/{id}` is the
-//! one of the core's admission for an account already identified: the same
-//! [`credit_decision`] and the same `on_no_snapshot` / `on_stale` rules.
+//! core's own ([`admission::decide`], the function the proxy calls after identifying a caller).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,9 +35,10 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::{self, Format, OpsCounters};
 use super::refresh::{RefreshStats, Refresher};
 use super::Shared;
-use crate::config::{AdminConfig, OnNoSnapshot, OnStale};
-use crate::core::Policy;
-use crate::credit::{credit_decision, valid_account_id, CreditDecision, RefusalCause};
+use crate::config::AdminConfig;
+use crate::core::admission;
+use crate::core::{AccountId, Policy};
+use crate::credit::valid_account_id;
 use crate::snapshot::Snapshot;
 
 /// Why the admin API could not start.
@@ -239,49 +239,27 @@ async fn get_metrics(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> R
     }
 }
 
-/// The decision a new call of account `id` would get now, as the core's admission makes it
-/// once the caller is identified as `id`.
+/// The decision a new call of account `id` would get now: the core's own decision
+/// ([`admission::decide`]) for a caller already identified as `id`.
 pub fn decision_now(snap: &Snapshot, policy: &Policy, id: &str, now: Instant) -> Value {
-    let refuse = |cause: RefusalCause| {
-        let tpl = policy.reply(cause);
-        let reason = String::from_utf8_lossy(&tpl.status_line)
-            .trim_end()
-            .splitn(3, ' ')
-            .nth(2)
-            .unwrap_or_default()
-            .to_owned();
-        json!({
-            "result": if policy.enforce { "refuse" } else { "would_refuse" },
-            "cause": cause.as_str(),
-            "sip_code": tpl.code,
-            "sip_reason": reason,
-            "forwarded": !policy.enforce,
-        })
+    let cause = match admission::decide(snap, policy, now, || Some(AccountId::Borrowed(id))) {
+        Ok(_) => return json!({ "result": "admit", "forwarded": true }),
+        Err((cause, _)) => cause,
     };
-    let admit = || json!({ "result": "admit", "forwarded": true });
-    let Some(age) = snap.age(now) else {
-        return match policy.on_no_snapshot {
-            OnNoSnapshot::Reject => refuse(RefusalCause::NoSnapshot),
-            OnNoSnapshot::Admit => admit(),
-        };
-    };
-    let Some(view) = snap.credit(id) else {
-        return refuse(RefusalCause::UnknownAccount);
-    };
-    if age > policy.max_staleness {
-        let stale_refuse = match policy.on_stale {
-            OnStale::Serve => false,
-            OnStale::Reject => true,
-            OnStale::RejectPrepaid => view.debit_limit <= rust_decimal::Decimal::ZERO,
-        };
-        if stale_refuse {
-            return refuse(RefusalCause::NoSnapshot);
-        }
-    }
-    match credit_decision(view.enabled, view.balance, view.debit_limit) {
-        CreditDecision::Admit => admit(),
-        CreditDecision::Refuse(cause) => refuse(cause),
-    }
+    let tpl = policy.reply(cause);
+    let reason = String::from_utf8_lossy(&tpl.status_line)
+        .trim_end()
+        .splitn(3, ' ')
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned();
+    json!({
+        "result": if policy.enforce { "refuse" } else { "would_refuse" },
+        "cause": cause.as_str(),
+        "sip_code": tpl.code,
+        "sip_reason": reason,
+        "forwarded": !policy.enforce,
+    })
 }
 
 fn snapshot_json(snap: &Snapshot, policy: &Policy, now: Instant) -> Value {
