@@ -110,21 +110,44 @@ fn top_vias(msg: &Message<'_>) -> Option<Result<TopVias, grammar::GrammarError>>
 /// The transaction identity of a request as its sender's top Via gives it (RFC 3261 16.11):
 /// the branch and sent-by when the branch has the magic cookie, otherwise the fields an RFC 2543
 /// element keeps constant (no Request-URI or To-tag, so responses and the ACK of a non-2xx
-/// verify against the same value).
+/// verify against the same value); then the response target creditgate wrote into that Via
+/// (`received`/`rport`, SPEC 6 "Responses"), so an edited Via no longer verifies.
 fn txn_parts<'b>(
     buf: &'b [u8],
     via: &Via,
     call_id: &'b [u8],
     from_tag: &'b [u8],
     cseq: &'b [u8],
-) -> SmallVec<[&'b [u8]; 4]> {
+    target: &'b [u8],
+) -> SmallVec<[&'b [u8]; 5]> {
     let branch = via.branch.clone().map(|b| &buf[b]).unwrap_or_default();
     let sent_by = &buf[via.sent_by()];
     if branch.len() > MAGIC.len() && branch.starts_with(MAGIC) {
-        SmallVec::from_slice(&[branch, sent_by])
+        SmallVec::from_slice(&[branch, sent_by, target])
     } else {
-        SmallVec::from_slice(&[sent_by, call_id, from_tag, cseq])
+        SmallVec::from_slice(&[sent_by, call_id, from_tag, cseq, target])
     }
+}
+
+/// A socket address as MAC input: the (normalised) IP's octets and the port, big-endian.
+fn addr_bytes(a: SocketAddr) -> SmallVec<[u8; 18]> {
+    let mut out = SmallVec::new();
+    match normalise(a.ip()) {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
+    out
+}
+
+/// Where the response to a request from `source` whose top Via is `via` goes once creditgate
+/// has written `received` and `rport` into that Via (what [`response_target`] reads back).
+fn written_target(via: &Via, source: SocketAddr) -> SocketAddr {
+    let port = match via.rport {
+        Some(_) if source.port() != 0 => source.port(),
+        _ => via.port.unwrap_or(5060),
+    };
+    SocketAddr::new(normalise(source.ip()), port)
 }
 
 fn header<'m>(msg: &'m Message<'_>, kind: Hdr) -> impl Iterator<Item = &'m HeaderLine> {
@@ -185,13 +208,19 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
         .next()
         .map(|h| cseq_num_bytes(buf, &h.value))
         .unwrap_or_default();
+    // The MAC covers where the response goes: a Via whose received/rport was edited (or
+    // removed) since creditgate wrote them fails here (SPEC 6: never a relay to a third address).
+    let Some(raw_to) = response_target(buf, next) else {
+        return Outcome::drop(DropReason::NotOurVia);
+    };
+    let target = addr_bytes(raw_to);
     let want = policy
         .keys
-        .branch_txn(&txn_parts(buf, next, call_id, from_tag, cseq));
+        .branch_txn(&txn_parts(buf, next, call_id, from_tag, cseq, &target));
     if !ct_eq(&branch[9..25], &want) {
         return Outcome::drop(DropReason::NotOurVia);
     }
-    let Some(to) = response_target(buf, next) else {
+    let Some(to) = usable_unicast(raw_to) else {
         return Outcome::drop(DropReason::BadDestination);
     };
     let Some(out) = policy.egress(pkt.local, to) else {
@@ -217,7 +246,7 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
 }
 
 /// Where a response goes per RFC 3261 18.2.2 / RFC 3581: `received` (else the sent-by IP), and
-/// `rport` (else the sent-by port, else 5060).
+/// `rport` (else the sent-by port, else 5060). Not yet checked for being usable unicast.
 fn response_target(buf: &[u8], via: &Via) -> Option<SocketAddr> {
     let ip = match &via.received {
         Some((_, v)) => parse_ip_text(&buf[v.clone()])?,
@@ -234,7 +263,7 @@ fn response_target(buf: &[u8], via: &Via) -> Option<SocketAddr> {
     }
     .or(via.port)
     .unwrap_or(5060);
-    usable_unicast(SocketAddr::new(normalise(ip), port))
+    Some(SocketAddr::new(normalise(ip), port))
 }
 
 fn parse_ip_text(t: &[u8]) -> Option<IpAddr> {
@@ -594,13 +623,14 @@ fn handle_request<'a>(
     let mut e = Edits::new();
     let insert_at = tv.first_line.start;
     let from_tag_b = req.from_tag;
-    let txn = txn_parts(buf, &tv.top, call_id, from_tag_b, cseq);
+    let target = addr_bytes(written_target(&tv.top, pkt.source));
+    let txn = txn_parts(buf, &tv.top, call_id, from_tag_b, cseq, &target);
     let branch = policy
         .keys
         .branch(&txn, &[&buf[uri.clone()], call_id, from_tag_b, cseq]);
     let host = bracket(&out.advertised_host);
     let port = out.advertised_port.to_string();
-    top_via_edits(&mut e, buf, &tv.top, pkt.source);
+    top_via_edits(&mut e, &tv.top, pkt.source);
     match &mf {
         Some((h, v)) => e.replace(h.value.clone(), bytes(&[(v - 1).to_string().as_bytes()])),
         None => e.insert(
@@ -684,32 +714,20 @@ fn creates_dialog(method: &[u8]) -> bool {
     matches!(method, b"INVITE" | b"SUBSCRIBE" | b"REFER" | b"NOTIFY")
 }
 
-/// `received` (when the sent-by is not the source address, or rport asks for it) and the
-/// `rport` value on the top Via (RFC 3261 18.2.1, RFC 3581 4).
-fn top_via_edits(e: &mut Edits, buf: &[u8], via: &Via, source: SocketAddr) {
-    let src_ip = source.ip();
-    let need_received = via.rport.is_some()
-        || via.host != Host::Ip(src_ip) && normalise_host(via.host) != Some(src_ip);
+/// `received=<source IP>` always (whatever the sender wrote there is overwritten: it is where
+/// the response goes, SPEC 6) and the `rport` value when the top Via has `rport` (RFC 3261
+/// 18.2.1, RFC 3581 4).
+fn top_via_edits(e: &mut Edits, via: &Via, source: SocketAddr) {
     if let Some((span, _)) = &via.rport {
         e.replace(
             span.clone(),
             bytes(&[b"rport=", source.port().to_string().as_bytes()]),
         );
     }
-    if need_received {
-        let ip = src_ip.to_string();
-        match &via.received {
-            Some((span, _)) => e.replace(span.clone(), bytes(&[b"received=", ip.as_bytes()])),
-            None => e.insert(via.span.end, bytes(&[b";received=", ip.as_bytes()])),
-        }
-    }
-    let _ = buf;
-}
-
-fn normalise_host(h: Host) -> Option<IpAddr> {
-    match h {
-        Host::Ip(ip) => Some(normalise(ip)),
-        Host::Name => None,
+    let ip = normalise(source.ip()).to_string();
+    match &via.received {
+        Some((span, _)) => e.replace(span.clone(), bytes(&[b"received=", ip.as_bytes()])),
+        None => e.insert(via.span.end, bytes(&[b";received=", ip.as_bytes()])),
     }
 }
 
@@ -1017,7 +1035,7 @@ fn build_reply(
         match (&req.tv, first) {
             (Some(tv), true) => {
                 let mut e = Edits::new();
-                top_via_edits(&mut e, buf, &tv.top, pkt.source);
+                top_via_edits(&mut e, &tv.top, pkt.source);
                 e.apply_range_into(buf, h.line.clone(), &mut out);
             }
             _ => out.extend_from_slice(&buf[h.line.clone()]),

@@ -1380,3 +1380,5 @@ fn ipv6_listeners_and_upstreams_bridge_families() {
     // The IPv6 upstream is trusted by its address.
     assert!(p.is_trusted("2001:db8::5".parse().unwrap()));
 }
+
+mod hardening;
