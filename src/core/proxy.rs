@@ -17,7 +17,7 @@ use super::grammar::{
     self, for_each_name_addr, for_each_via, parse_uri, single_name_addr, Host, NameAddr, Scheme,
     Via,
 };
-use super::keys::{ct_eq, BRANCH_LEN};
+use super::keys::{ct_eq, hex_into, BRANCH_LEN, TOKEN_LEN};
 use super::scan::{self, Hdr, HeaderLine, Message, Start};
 use super::splice::{bytes, Edits};
 use super::{
@@ -524,6 +524,10 @@ fn handle_request<'a>(
         .iter()
         .any(|m| m.as_slice() == method_b);
 
+    // The dialog our Route token vouches for (valid, unexpired), if any.
+    let dialog =
+        to_tag.and_then(|tt| routes.verify(policy, call_id, req.from_tag, tt, pkt.wall_secs));
+
     // Classify.
     let mut event = if from_upstream {
         Event::Passed(PassKind::FromUpstream)
@@ -532,9 +536,7 @@ fn handle_request<'a>(
     } else if is_cancel {
         Event::Passed(PassKind::Cancel)
     } else {
-        let token_ok = to_tag.is_some()
-            && routes.token_valid(policy, call_id, req.from_tag, to_tag.unwrap_or_default());
-        if token_ok {
+        if dialog.is_some() {
             Event::Passed(PassKind::InDialog)
         } else if is_check_method {
             // A new call, or an in-dialog request without creditgate's token: credit decides.
@@ -549,7 +551,10 @@ fn handle_request<'a>(
                     call_id,
                 },
             }
-        } else if to_tag.is_some() {
+        } else if to_tag.is_some() && !policy.record_route {
+            // Without Record-Route there is no token: a To-tag is all there is (docs say what
+            // this gives up). With it, an in-dialog request without a valid token is treated
+            // as out of dialog (SPEC 6 "Security of the bypass").
             Event::Passed(PassKind::InDialog)
         } else if policy.forward_other_methods {
             Event::Passed(PassKind::OtherMethod)
@@ -571,13 +576,20 @@ fn handle_request<'a>(
             }
         }
     } else {
-        // Customers reach only the switch: a Route or Request-URI naming an upstream is
-        // honoured, anything else goes to the upstream chosen by Call-ID (no open relay).
+        // Customers reach only the switch (SPEC 6 "Where a customer's request may go"): the
+        // trusted node a valid dialog token names, else a Route or Request-URI naming an
+        // upstream's exact IP:port, else the upstream chosen by Call-ID (no open relay).
         let named = routes
             .next_hop(buf)
             .or_else(|| uri_target(buf, &ruri))
             .and_then(Result::ok);
-        match named.filter(|a| policy.upstreams.iter().any(|u| normalise(u.ip()) == a.ip())) {
+        let upstream = named.filter(|a| {
+            policy
+                .upstreams
+                .iter()
+                .any(|u| normalise(u.ip()) == a.ip() && u.port() == a.port())
+        });
+        match dialog.and_then(|d| d.node).or(upstream) {
             Some(a) => a,
             None => match policy.upstream_for(call_id) {
                 Some(a) => a,
@@ -643,20 +655,52 @@ fn handle_request<'a>(
         ),
     }
     if policy.record_route && to_tag.is_none() && creates_dialog(method_b) {
-        let token = policy.keys.route_token(call_id, from_tag_b);
-        let rr = bytes(&[
-            b"Record-Route: <sip:",
-            host.as_bytes(),
-            b":",
-            port.as_bytes(),
-            b";lr;cgt=",
-            &token,
-            b">\r\n",
-        ]);
+        // A dialog a trusted node (not a configured upstream) starts belongs to that node: its
+        // exact address goes into the token, so the customer's in-dialog requests go back to it.
+        let node = (from_upstream
+            && !policy
+                .upstreams
+                .iter()
+                .any(|u| normalise(u.ip()) == pkt.source.ip()))
+        .then(|| addr_bytes(pkt.source));
+        let node = node.unwrap_or_default();
+        let issued = pkt.wall_secs / 60;
+        let mac = policy.keys.route_token(call_id, from_tag_b, issued, &node);
+        let mut node_hex = [0u8; 36];
+        hex_into(&mut node_hex, &node);
+        let node_hex = node_hex.get(..2 * node.len()).unwrap_or_default();
+        let issued = issued.to_string();
+        let rr = |host: &str, port: &str| {
+            bytes(&[
+                b"Record-Route: <sip:",
+                host.as_bytes(),
+                b":",
+                port.as_bytes(),
+                b";lr;cgt=",
+                issued.as_bytes(),
+                b"-",
+                &mac,
+                if node_hex.is_empty() { b"" } else { b";cgn=" },
+                node_hex,
+                b">\r\n",
+            ])
+        };
         let at = header(msg, Hdr::RecordRoute)
             .next()
             .map_or(insert_at, |h| h.line.start.min(insert_at));
-        e.insert(at, rr);
+        // RFC 5658 4: received on one listener and sent from another (another address family,
+        // or another socket), creditgate record-routes twice: the top entry is the egress
+        // listener (what the next hop can reach), the one below it the ingress listener (what
+        // the sender can reach). Both carry the token; both are popped on the way back.
+        e.insert(at, rr(&host, &port));
+        if let Some(ingress) = policy
+            .listeners
+            .iter()
+            .find(|l| l.bound == pkt.local && l.bound != out.bound)
+        {
+            let in_host = bracket(&ingress.advertised_host);
+            e.insert(at, rr(&in_host, &ingress.advertised_port.to_string()));
+        }
     }
     // Our Via goes last at the insertion point, so it sits directly above the sender's Via.
     e.insert(
@@ -671,7 +715,7 @@ fn handle_request<'a>(
             b"\r\n",
         ]),
     );
-    if let Some(pop) = routes.pop {
+    for pop in routes.pop {
         e.delete(pop);
     }
     let bytes = e.apply(buf, msg.body.end);
@@ -750,21 +794,30 @@ fn uri_target(buf: &[u8], uri: &grammar::Uri) -> Option<Result<SocketAddr, ()>> 
 
 /// The Route set as creditgate sees it.
 struct RouteInfo<'a> {
-    /// Span to delete when the top Route is ours.
-    pop: Option<Range<usize>>,
-    /// Our Route's `cgt` token, if the top Route was ours.
+    /// Spans to delete: creditgate's top Route, and the second of an RFC 5658 pair.
+    pop: SmallVec<[Range<usize>; 2]>,
+    /// Our top Route's `cgt` token, if the top Route was ours.
     token: Option<&'a [u8]>,
-    /// The next Route's URI once ours is popped.
+    /// Our top Route's `cgn` node (hex), if any.
+    node: Option<&'a [u8]>,
+    /// The next Route's URI once ours are popped.
     next: Option<grammar::Uri>,
     /// Route values left after popping.
     remaining: usize,
 }
 
+/// What a verified Route token says about its dialog.
+#[derive(Clone, Copy)]
+struct Dialog {
+    /// The trusted switch node that started the dialog (issue 9 item 3), still trusted.
+    node: Option<SocketAddr>,
+}
+
 impl<'a> RouteInfo<'a> {
     fn read(msg: &Message<'a>, policy: &Policy) -> Result<RouteInfo<'a>, grammar::GrammarError> {
         let buf = msg.buf;
-        // (value, its header line, whether it is alone on that line); the first three suffice.
-        let mut values: SmallVec<[(NameAddr, Range<usize>, bool); 3]> = SmallVec::new();
+        // (value, its header line, values on that line); the first three suffice.
+        let mut values: SmallVec<[(NameAddr, Range<usize>, usize); 3]> = SmallVec::new();
         let mut total = 0usize;
         for h in header(msg, Hdr::Route) {
             let mut in_line = 0usize;
@@ -776,49 +829,68 @@ impl<'a> RouteInfo<'a> {
                 // creditgate reads itself.
                 bad_uri = parse_uri(buf, na.uri.clone()).is_err();
                 if values.len() < 3 {
-                    values.push((na, h.line.clone(), false));
+                    values.push((na, h.line.clone(), 0));
                 }
                 !bad_uri
             })?;
             if bad_uri {
                 return Err(grammar::GrammarError::Uri);
             }
-            if in_line == 1 {
-                if let Some(last) = values.iter_mut().rev().find(|v| v.1 == h.line) {
-                    last.2 = true;
-                }
+            for v in values.iter_mut().filter(|v| v.1 == h.line) {
+                v.2 = in_line;
             }
         }
         let mut info = RouteInfo {
-            pop: None,
+            pop: SmallVec::new(),
             token: None,
+            node: None,
             next: None,
             remaining: total,
         };
-        let mut idx = 0;
-        if let Some((first, line, alone)) = values.first() {
-            let uri = parse_uri(buf, first.uri.clone())?;
+        // creditgate's own Routes at the top: one, or the two of a double Record-Route (RFC
+        // 5658) carrying the same token.
+        let mut popped = 0;
+        for (na, _, _) in values.iter().take(2) {
+            let uri = parse_uri(buf, na.uri.clone())?;
             let ours = matches!(uri.scheme, Scheme::Sip | Scheme::Sips)
                 && uri
                     .host
                     .is_some_and(|h| policy.is_own(&buf[uri.host_span.clone()], h, uri.port));
-            if ours {
-                info.token = uri.param(buf, b"cgt");
-                info.pop = Some(if *alone {
-                    line.clone()
-                } else {
-                    // Ours is the first of several values on one line: remove it and the comma.
-                    let next_start = values
-                        .get(1)
-                        .filter(|v| v.1 == *line)
-                        .map_or(first.span.end, |v| v.0.span.start);
-                    first.span.start..next_start
-                });
-                info.remaining = total - 1;
-                idx = 1;
+            if !ours {
+                break;
             }
+            let token = uri.param(buf, b"cgt");
+            if popped == 0 {
+                info.token = token;
+                info.node = uri.param(buf, b"cgn");
+            } else if token.is_none() || token != info.token {
+                break;
+            }
+            popped += 1;
         }
-        if let Some((na, _, _)) = values.get(idx) {
+        for (i, (first, line, count)) in values.iter().enumerate().take(popped) {
+            if i > 0 && values.get(i - 1).is_some_and(|v| v.1 == *line) {
+                continue; // deleted with the value before it
+            }
+            let in_line_popped = values
+                .get(i..popped)
+                .unwrap_or_default()
+                .iter()
+                .filter(|v| v.1 == *line)
+                .count();
+            info.pop.push(if in_line_popped == *count {
+                line.clone()
+            } else {
+                // Ours are the first values of a comma list: remove them and the comma.
+                let next_start = values
+                    .get(i + in_line_popped)
+                    .filter(|v| v.1 == *line)
+                    .map_or(first.span.end, |v| v.0.span.start);
+                first.span.start..next_start
+            });
+        }
+        info.remaining = total - popped;
+        if let Some((na, _, _)) = values.get(popped) {
             info.next = Some(parse_uri(buf, na.uri.clone())?);
         }
         Ok(info)
@@ -828,12 +900,83 @@ impl<'a> RouteInfo<'a> {
         self.next.as_ref().and_then(|u| uri_target(buf, u))
     }
 
-    /// Whether our popped Route carried the token of this dialog. The token covers the Call-ID
-    /// and the initiator's tag, which is the From-tag one way and the To-tag the other.
-    fn token_valid(&self, policy: &Policy, call_id: &[u8], from_tag: &[u8], to_tag: &[u8]) -> bool {
-        let Some(t) = self.token else { return false };
-        ct_eq(t, &policy.keys.route_token(call_id, from_tag))
-            || ct_eq(t, &policy.keys.route_token(call_id, to_tag))
+    /// Verifies our popped Route's token: `MINUTES-MAC`, issued no later than a minute from now
+    /// and no earlier than `[live] call_expiry` ago, with a MAC over the Call-ID, the
+    /// initiator's tag (the From-tag one way and the To-tag the other), the issue time and the
+    /// node. `None` when there is no valid token.
+    fn verify(
+        &self,
+        policy: &Policy,
+        call_id: &[u8],
+        from_tag: &[u8],
+        to_tag: &[u8],
+        wall_secs: u64,
+    ) -> Option<Dialog> {
+        let t = self.token?;
+        let dash = t.iter().position(|b| *b == b'-')?;
+        let (min_text, mac) = (t.get(..dash)?, t.get(dash + 1..)?);
+        if min_text.is_empty() || min_text.len() > 12 || mac.len() != TOKEN_LEN {
+            return None;
+        }
+        let issued = u64::from(scan::parse_u32_digits(min_text)?);
+        let now = wall_secs / 60;
+        if issued > now + 1 || now.saturating_sub(issued) > policy.token_life_min {
+            return None;
+        }
+        let node_hex = self.node.unwrap_or_default();
+        let node_bytes = decode_hex::<18>(node_hex)?;
+        let ok = |tag: &[u8]| {
+            ct_eq(
+                mac,
+                &policy.keys.route_token(call_id, tag, issued, &node_bytes),
+            )
+        };
+        if !(ok(from_tag) || ok(to_tag)) {
+            return None;
+        }
+        let node = match node_bytes.len() {
+            0 => None,
+            _ => Some(decode_addr(&node_bytes)?).filter(|n| policy.is_trusted(n.ip())),
+        };
+        Some(Dialog { node })
+    }
+}
+
+/// Lower-case hex to bytes (at most `N`); `None` if malformed or longer.
+fn decode_hex<const N: usize>(hex: &[u8]) -> Option<SmallVec<[u8; N]>>
+where
+    [u8; N]: smallvec::Array<Item = u8>,
+{
+    if hex.len() % 2 != 0 || hex.len() > 2 * N {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    hex.chunks(2)
+        .map(|p| match p {
+            [a, b] => Some(nib(*a)? << 4 | nib(*b)?),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The inverse of [`addr_bytes`].
+fn decode_addr(b: &[u8]) -> Option<SocketAddr> {
+    match b.len() {
+        6 => {
+            let ip: [u8; 4] = b.get(..4)?.try_into().ok()?;
+            let port = u16::from_be_bytes(b.get(4..6)?.try_into().ok()?);
+            Some(SocketAddr::new(IpAddr::from(ip), port))
+        }
+        18 => {
+            let ip: [u8; 16] = b.get(..16)?.try_into().ok()?;
+            let port = u16::from_be_bytes(b.get(16..18)?.try_into().ok()?);
+            Some(SocketAddr::new(IpAddr::from(ip), port))
+        }
+        _ => None,
     }
 }
 
