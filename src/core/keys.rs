@@ -6,7 +6,10 @@
 //!   The first part is verified on responses (recomputed from the Via below ours), the second is
 //!   the RFC 3261 16.6 step 8 loop-detection hash (its fields are chosen in `proxy.rs`).
 //! * refusal To-tag = `cg` hex(HMAC("t", Call-ID, From-tag, CSeq number, top branch)[..8]).
-//! * Route token = hex(HMAC("r", Call-ID, tag of the dialog's initiator)[..10]).
+//! * Route token = `MINUTES-` hex(HMAC("r", Call-ID, tag of the dialog's initiator, MINUTES as a
+//!   u64 big-endian, node)[..10]), where MINUTES is the issue time in unix minutes (so the token
+//!   expires, SPEC 6) and node is the trusted switch node the dialog belongs to (its IP octets and
+//!   port, big-endian; empty for none), written in the Route URI as `cgn=` hex (issue 9 item 3).
 //!
 //! Inputs are length-prefixed so that field boundaries cannot be shifted to collide.
 
@@ -19,7 +22,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const BRANCH_LEN: usize = 7 + 2 + 16 + 8;
 /// Length of a refusal To-tag.
 pub const TAG_LEN: usize = 2 + 16;
-/// Length of a Route token.
+/// Length of a Route token's MAC part.
 pub const TOKEN_LEN: usize = 20;
 
 /// The secret key.
@@ -36,7 +39,7 @@ impl std::fmt::Debug for Keys {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
+pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
     for (i, b) in bytes.iter().enumerate() {
         if let (Some(_), Some(_)) = (out.get(2 * i), out.get(2 * i + 1)) {
             out[2 * i] = HEX[usize::from(b >> 4)];
@@ -110,9 +113,19 @@ impl Keys {
         out
     }
 
-    /// The Record-Route token of a dialog.
-    pub fn route_token(&self, call_id: &[u8], initiator_tag: &[u8]) -> [u8; TOKEN_LEN] {
-        let d = self.digest(b'r', &[call_id, initiator_tag]);
+    /// The MAC part of the Record-Route token of a dialog issued at `issued_min` (unix
+    /// minutes) for the switch node `node` (encoded address bytes, empty for none).
+    pub fn route_token(
+        &self,
+        call_id: &[u8],
+        initiator_tag: &[u8],
+        issued_min: u64,
+        node: &[u8],
+    ) -> [u8; TOKEN_LEN] {
+        let d = self.digest(
+            b'r',
+            &[call_id, initiator_tag, &issued_min.to_be_bytes(), node],
+        );
         let mut out = [0u8; TOKEN_LEN];
         hex_into(&mut out, &d[..10]);
         out
@@ -148,7 +161,18 @@ mod tests {
             k1.branch_loop([&b"a"[..], b""])
         );
         // Length prefixes: moving a byte between fields changes the value.
-        assert_ne!(k1.route_token(b"ab", b"c"), k1.route_token(b"a", b"bc"));
+        assert_ne!(
+            k1.route_token(b"ab", b"c", 1, b""),
+            k1.route_token(b"a", b"bc", 1, b"")
+        );
+        assert_ne!(
+            k1.route_token(b"a", b"b", 1, b""),
+            k1.route_token(b"a", b"b", 2, b"")
+        );
+        assert_ne!(
+            k1.route_token(b"a", b"b", 1, b""),
+            k1.route_token(b"a", b"b", 1, b"\x7f\0\0\x01\x13\xc4")
+        );
         let t = k1.refusal_tag(b"cid", b"ft", 1, b"z9hG4bK1");
         assert!(t.starts_with(b"cg") && t[2..].iter().all(u8::is_ascii_hexdigit));
         assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"ab", b"abc"));

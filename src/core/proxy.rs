@@ -18,7 +18,7 @@ use super::grammar::{
     self, for_each_name_addr, for_each_via, parse_uri, single_name_addr, Host, NameAddr, Scheme,
     Via,
 };
-use super::keys::{ct_eq, BRANCH_LEN};
+use super::keys::{ct_eq, hex_into, BRANCH_LEN, TOKEN_LEN};
 use super::scan::{self, Hdr, HeaderLine, Message, Start};
 use super::splice::{bytes, Edits};
 use super::{
@@ -110,21 +110,44 @@ fn top_vias(msg: &Message<'_>) -> Option<Result<TopVias, grammar::GrammarError>>
 /// The transaction identity of a request as its sender's top Via gives it (RFC 3261 16.11):
 /// the branch and sent-by when the branch has the magic cookie, otherwise the fields an RFC 2543
 /// element keeps constant (no Request-URI or To-tag, so responses and the ACK of a non-2xx
-/// verify against the same value).
+/// verify against the same value); then the response target creditgate wrote into that Via
+/// (`received`/`rport`, SPEC 6 "Responses"), so an edited Via no longer verifies.
 fn txn_parts<'b>(
     buf: &'b [u8],
     via: &Via,
     call_id: &'b [u8],
     from_tag: &'b [u8],
     cseq: &'b [u8],
-) -> SmallVec<[&'b [u8]; 4]> {
+    target: &'b [u8],
+) -> SmallVec<[&'b [u8]; 5]> {
     let branch = via.branch.clone().map(|b| &buf[b]).unwrap_or_default();
     let sent_by = &buf[via.sent_by()];
     if branch.len() > MAGIC.len() && branch.starts_with(MAGIC) {
-        SmallVec::from_slice(&[branch, sent_by])
+        SmallVec::from_slice(&[branch, sent_by, target])
     } else {
-        SmallVec::from_slice(&[sent_by, call_id, from_tag, cseq])
+        SmallVec::from_slice(&[sent_by, call_id, from_tag, cseq, target])
     }
+}
+
+/// A socket address as MAC input: the (normalised) IP's octets and the port, big-endian.
+fn addr_bytes(a: SocketAddr) -> SmallVec<[u8; 18]> {
+    let mut out = SmallVec::new();
+    match normalise(a.ip()) {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
+    out
+}
+
+/// Where the response to a request from `source` whose top Via is `via` goes once creditgate
+/// has written `received` and `rport` into that Via (what [`response_target`] reads back).
+fn written_target(via: &Via, source: SocketAddr) -> SocketAddr {
+    let port = match via.rport {
+        Some(_) if source.port() != 0 => source.port(),
+        _ => via.port.unwrap_or(5060),
+    };
+    SocketAddr::new(normalise(source.ip()), port)
 }
 
 fn header<'m>(msg: &'m Message<'_>, kind: Hdr) -> impl Iterator<Item = &'m HeaderLine> {
@@ -185,13 +208,19 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
         .next()
         .map(|h| cseq_num_bytes(buf, &h.value))
         .unwrap_or_default();
+    // The MAC covers where the response goes: a Via whose received/rport was edited (or
+    // removed) since creditgate wrote them fails here (SPEC 6: never a relay to a third address).
+    let Some(raw_to) = response_target(buf, next) else {
+        return Outcome::drop(DropReason::NotOurVia);
+    };
+    let target = addr_bytes(raw_to);
     let want = policy
         .keys
-        .branch_txn(&txn_parts(buf, next, call_id, from_tag, cseq));
+        .branch_txn(&txn_parts(buf, next, call_id, from_tag, cseq, &target));
     if !ct_eq(&branch[9..25], &want) {
         return Outcome::drop(DropReason::NotOurVia);
     }
-    let Some(to) = response_target(buf, next) else {
+    let Some(to) = usable_unicast(raw_to) else {
         return Outcome::drop(DropReason::BadDestination);
     };
     let Some(out) = policy.egress(pkt.local, to) else {
@@ -217,7 +246,7 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
 }
 
 /// Where a response goes per RFC 3261 18.2.2 / RFC 3581: `received` (else the sent-by IP), and
-/// `rport` (else the sent-by port, else 5060).
+/// `rport` (else the sent-by port, else 5060). Not yet checked for being usable unicast.
 fn response_target(buf: &[u8], via: &Via) -> Option<SocketAddr> {
     let ip = match &via.received {
         Some((_, v)) => parse_ip_text(&buf[v.clone()])?,
@@ -234,7 +263,7 @@ fn response_target(buf: &[u8], via: &Via) -> Option<SocketAddr> {
     }
     .or(via.port)
     .unwrap_or(5060);
-    usable_unicast(SocketAddr::new(normalise(ip), port))
+    Some(SocketAddr::new(normalise(ip), port))
 }
 
 fn parse_ip_text(t: &[u8]) -> Option<IpAddr> {
@@ -493,6 +522,10 @@ fn handle_request<'a>(
         .iter()
         .any(|m| m.as_slice() == method_b);
 
+    // The dialog our Route token vouches for (valid, unexpired), if any.
+    let dialog =
+        to_tag.and_then(|tt| routes.verify(policy, call_id, req.from_tag, tt, pkt.wall_secs));
+
     // Classify.
     let mut event = if from_upstream {
         Event::Passed(PassKind::FromUpstream)
@@ -501,9 +534,7 @@ fn handle_request<'a>(
     } else if is_cancel {
         Event::Passed(PassKind::Cancel)
     } else {
-        let token_ok = to_tag.is_some()
-            && routes.token_valid(policy, call_id, req.from_tag, to_tag.unwrap_or_default());
-        if token_ok {
+        if dialog.is_some() {
             Event::Passed(PassKind::InDialog)
         } else if is_check_method {
             // A new call, or an in-dialog request without creditgate's token: credit decides.
@@ -524,7 +555,10 @@ fn handle_request<'a>(
                     call_id,
                 },
             }
-        } else if to_tag.is_some() {
+        } else if to_tag.is_some() && !policy.record_route {
+            // Without Record-Route there is no token: a To-tag is all there is (docs say what
+            // this gives up). With it, an in-dialog request without a valid token is treated
+            // as out of dialog (SPEC 6 "Security of the bypass").
             Event::Passed(PassKind::InDialog)
         } else if policy.forward_other_methods {
             Event::Passed(PassKind::OtherMethod)
@@ -546,13 +580,20 @@ fn handle_request<'a>(
             }
         }
     } else {
-        // Customers reach only the switch: a Route or Request-URI naming an upstream is
-        // honoured, anything else goes to the upstream chosen by Call-ID (no open relay).
+        // Customers reach only the switch (SPEC 6 "Where a customer's request may go"): the
+        // trusted node a valid dialog token names, else a Route or Request-URI naming an
+        // upstream's exact IP:port, else the upstream chosen by Call-ID (no open relay).
         let named = routes
             .next_hop(buf)
             .or_else(|| uri_target(buf, &ruri))
             .and_then(Result::ok);
-        match named.filter(|a| policy.upstreams.iter().any(|u| normalise(u.ip()) == a.ip())) {
+        let upstream = named.filter(|a| {
+            policy
+                .upstreams
+                .iter()
+                .any(|u| normalise(u.ip()) == a.ip() && u.port() == a.port())
+        });
+        match dialog.and_then(|d| d.node).or(upstream) {
             Some(a) => a,
             None => match policy.upstream_for(call_id) {
                 Some(a) => a,
@@ -598,11 +639,12 @@ fn handle_request<'a>(
     let mut e = Edits::new();
     let insert_at = tv.first_line.start;
     let from_tag_b = req.from_tag;
-    let txn = txn_parts(buf, &tv.top, call_id, from_tag_b, cseq);
+    let target = addr_bytes(written_target(&tv.top, pkt.source));
+    let txn = txn_parts(buf, &tv.top, call_id, from_tag_b, cseq, &target);
     let branch = policy.keys.branch(&txn, &loop_hash);
     let host = bracket(&out.advertised_host);
     let port = out.advertised_port.to_string();
-    top_via_edits(&mut e, buf, &tv.top, pkt.source);
+    top_via_edits(&mut e, &tv.top, pkt.source);
     match &mf {
         Some((h, v)) => e.replace(h.value.clone(), bytes(&[(v - 1).to_string().as_bytes()])),
         None => e.insert(
@@ -615,20 +657,52 @@ fn handle_request<'a>(
         ),
     }
     if policy.record_route && to_tag.is_none() && creates_dialog(method_b) {
-        let token = policy.keys.route_token(call_id, from_tag_b);
-        let rr = bytes(&[
-            b"Record-Route: <sip:",
-            host.as_bytes(),
-            b":",
-            port.as_bytes(),
-            b";lr;cgt=",
-            &token,
-            b">\r\n",
-        ]);
+        // A dialog a trusted node (not a configured upstream) starts belongs to that node: its
+        // exact address goes into the token, so the customer's in-dialog requests go back to it.
+        let node = (from_upstream
+            && !policy
+                .upstreams
+                .iter()
+                .any(|u| normalise(u.ip()) == pkt.source.ip()))
+        .then(|| addr_bytes(pkt.source));
+        let node = node.unwrap_or_default();
+        let issued = pkt.wall_secs / 60;
+        let mac = policy.keys.route_token(call_id, from_tag_b, issued, &node);
+        let mut node_hex = [0u8; 36];
+        hex_into(&mut node_hex, &node);
+        let node_hex = node_hex.get(..2 * node.len()).unwrap_or_default();
+        let issued = issued.to_string();
+        let rr = |host: &str, port: &str| {
+            bytes(&[
+                b"Record-Route: <sip:",
+                host.as_bytes(),
+                b":",
+                port.as_bytes(),
+                b";lr;cgt=",
+                issued.as_bytes(),
+                b"-",
+                &mac,
+                if node_hex.is_empty() { b"" } else { b";cgn=" },
+                node_hex,
+                b">\r\n",
+            ])
+        };
         let at = header(msg, Hdr::RecordRoute)
             .next()
             .map_or(insert_at, |h| h.line.start.min(insert_at));
-        e.insert(at, rr);
+        // RFC 5658 4: received on one listener and sent from another (another address family,
+        // or another socket), creditgate record-routes twice: the top entry is the egress
+        // listener (what the next hop can reach), the one below it the ingress listener (what
+        // the sender can reach). Both carry the token; both are popped on the way back.
+        e.insert(at, rr(&host, &port));
+        if let Some(ingress) = policy
+            .listeners
+            .iter()
+            .find(|l| l.bound == pkt.local && l.bound != out.bound)
+        {
+            let in_host = bracket(&ingress.advertised_host);
+            e.insert(at, rr(&in_host, &ingress.advertised_port.to_string()));
+        }
     }
     // Our Via goes last at the insertion point, so it sits directly above the sender's Via.
     e.insert(
@@ -643,7 +717,7 @@ fn handle_request<'a>(
             b"\r\n",
         ]),
     );
-    if let Some(pop) = routes.pop {
+    for pop in routes.pop {
         e.delete(pop);
     }
     let bytes = e.apply(buf, msg.body.end);
@@ -692,7 +766,7 @@ fn loop_hash(
         .to_be_bytes();
     let mut parts: SmallVec<[&[u8]; 12]> =
         SmallVec::from_slice(&[ruri, req.call_id, req.from_tag, req.cseq, &n_routes]);
-    let mut skip = usize::from(routes.pop.is_some());
+    let mut skip = routes.pop.len();
     for h in header(msg, Hdr::Route) {
         // RouteInfo::read has validated every value already.
         let _ = for_each_name_addr(buf, h.value.clone(), |na| {
@@ -735,32 +809,20 @@ fn creates_dialog(method: &[u8]) -> bool {
     matches!(method, b"INVITE" | b"SUBSCRIBE" | b"REFER" | b"NOTIFY")
 }
 
-/// `received` (when the sent-by is not the source address, or rport asks for it) and the
-/// `rport` value on the top Via (RFC 3261 18.2.1, RFC 3581 4).
-fn top_via_edits(e: &mut Edits, buf: &[u8], via: &Via, source: SocketAddr) {
-    let src_ip = source.ip();
-    let need_received = via.rport.is_some()
-        || via.host != Host::Ip(src_ip) && normalise_host(via.host) != Some(src_ip);
+/// `received=<source IP>` always (whatever the sender wrote there is overwritten: it is where
+/// the response goes, SPEC 6) and the `rport` value when the top Via has `rport` (RFC 3261
+/// 18.2.1, RFC 3581 4).
+fn top_via_edits(e: &mut Edits, via: &Via, source: SocketAddr) {
     if let Some((span, _)) = &via.rport {
         e.replace(
             span.clone(),
             bytes(&[b"rport=", source.port().to_string().as_bytes()]),
         );
     }
-    if need_received {
-        let ip = src_ip.to_string();
-        match &via.received {
-            Some((span, _)) => e.replace(span.clone(), bytes(&[b"received=", ip.as_bytes()])),
-            None => e.insert(via.span.end, bytes(&[b";received=", ip.as_bytes()])),
-        }
-    }
-    let _ = buf;
-}
-
-fn normalise_host(h: Host) -> Option<IpAddr> {
-    match h {
-        Host::Ip(ip) => Some(normalise(ip)),
-        Host::Name => None,
+    let ip = normalise(source.ip()).to_string();
+    match &via.received {
+        Some((span, _)) => e.replace(span.clone(), bytes(&[b"received=", ip.as_bytes()])),
+        None => e.insert(via.span.end, bytes(&[b";received=", ip.as_bytes()])),
     }
 }
 
@@ -783,21 +845,30 @@ fn uri_target(buf: &[u8], uri: &grammar::Uri) -> Option<Result<SocketAddr, ()>> 
 
 /// The Route set as creditgate sees it.
 struct RouteInfo<'a> {
-    /// Span to delete when the top Route is ours.
-    pop: Option<Range<usize>>,
-    /// Our Route's `cgt` token, if the top Route was ours.
+    /// Spans to delete: creditgate's top Route, and the second of an RFC 5658 pair.
+    pop: SmallVec<[Range<usize>; 2]>,
+    /// Our top Route's `cgt` token, if the top Route was ours.
     token: Option<&'a [u8]>,
-    /// The next Route's URI once ours is popped.
+    /// Our top Route's `cgn` node (hex), if any.
+    node: Option<&'a [u8]>,
+    /// The next Route's URI once ours are popped.
     next: Option<grammar::Uri>,
     /// Route values left after popping.
     remaining: usize,
 }
 
+/// What a verified Route token says about its dialog.
+#[derive(Clone, Copy)]
+struct Dialog {
+    /// The trusted switch node that started the dialog (issue 9 item 3), still trusted.
+    node: Option<SocketAddr>,
+}
+
 impl<'a> RouteInfo<'a> {
     fn read(msg: &Message<'a>, policy: &Policy) -> Result<RouteInfo<'a>, grammar::GrammarError> {
         let buf = msg.buf;
-        // (value, its header line, whether it is alone on that line); the first three suffice.
-        let mut values: SmallVec<[(NameAddr, Range<usize>, bool); 3]> = SmallVec::new();
+        // (value, its header line, values on that line); the first three suffice.
+        let mut values: SmallVec<[(NameAddr, Range<usize>, usize); 3]> = SmallVec::new();
         let mut total = 0usize;
         for h in header(msg, Hdr::Route) {
             let mut in_line = 0usize;
@@ -809,49 +880,68 @@ impl<'a> RouteInfo<'a> {
                 // creditgate reads itself.
                 bad_uri = parse_uri(buf, na.uri.clone()).is_err();
                 if values.len() < 3 {
-                    values.push((na, h.line.clone(), false));
+                    values.push((na, h.line.clone(), 0));
                 }
                 !bad_uri
             })?;
             if bad_uri {
                 return Err(grammar::GrammarError::Uri);
             }
-            if in_line == 1 {
-                if let Some(last) = values.iter_mut().rev().find(|v| v.1 == h.line) {
-                    last.2 = true;
-                }
+            for v in values.iter_mut().filter(|v| v.1 == h.line) {
+                v.2 = in_line;
             }
         }
         let mut info = RouteInfo {
-            pop: None,
+            pop: SmallVec::new(),
             token: None,
+            node: None,
             next: None,
             remaining: total,
         };
-        let mut idx = 0;
-        if let Some((first, line, alone)) = values.first() {
-            let uri = parse_uri(buf, first.uri.clone())?;
+        // creditgate's own Routes at the top: one, or the two of a double Record-Route (RFC
+        // 5658) carrying the same token.
+        let mut popped = 0;
+        for (na, _, _) in values.iter().take(2) {
+            let uri = parse_uri(buf, na.uri.clone())?;
             let ours = matches!(uri.scheme, Scheme::Sip | Scheme::Sips)
                 && uri
                     .host
                     .is_some_and(|h| policy.is_own(&buf[uri.host_span.clone()], h, uri.port));
-            if ours {
-                info.token = uri.param(buf, b"cgt");
-                info.pop = Some(if *alone {
-                    line.clone()
-                } else {
-                    // Ours is the first of several values on one line: remove it and the comma.
-                    let next_start = values
-                        .get(1)
-                        .filter(|v| v.1 == *line)
-                        .map_or(first.span.end, |v| v.0.span.start);
-                    first.span.start..next_start
-                });
-                info.remaining = total - 1;
-                idx = 1;
+            if !ours {
+                break;
             }
+            let token = uri.param(buf, b"cgt");
+            if popped == 0 {
+                info.token = token;
+                info.node = uri.param(buf, b"cgn");
+            } else if token.is_none() || token != info.token {
+                break;
+            }
+            popped += 1;
         }
-        if let Some((na, _, _)) = values.get(idx) {
+        for (i, (first, line, count)) in values.iter().enumerate().take(popped) {
+            if i > 0 && values.get(i - 1).is_some_and(|v| v.1 == *line) {
+                continue; // deleted with the value before it
+            }
+            let in_line_popped = values
+                .get(i..popped)
+                .unwrap_or_default()
+                .iter()
+                .filter(|v| v.1 == *line)
+                .count();
+            info.pop.push(if in_line_popped == *count {
+                line.clone()
+            } else {
+                // Ours are the first values of a comma list: remove them and the comma.
+                let next_start = values
+                    .get(i + in_line_popped)
+                    .filter(|v| v.1 == *line)
+                    .map_or(first.span.end, |v| v.0.span.start);
+                first.span.start..next_start
+            });
+        }
+        info.remaining = total - popped;
+        if let Some((na, _, _)) = values.get(popped) {
             info.next = Some(parse_uri(buf, na.uri.clone())?);
         }
         Ok(info)
@@ -861,12 +951,83 @@ impl<'a> RouteInfo<'a> {
         self.next.as_ref().and_then(|u| uri_target(buf, u))
     }
 
-    /// Whether our popped Route carried the token of this dialog. The token covers the Call-ID
-    /// and the initiator's tag, which is the From-tag one way and the To-tag the other.
-    fn token_valid(&self, policy: &Policy, call_id: &[u8], from_tag: &[u8], to_tag: &[u8]) -> bool {
-        let Some(t) = self.token else { return false };
-        ct_eq(t, &policy.keys.route_token(call_id, from_tag))
-            || ct_eq(t, &policy.keys.route_token(call_id, to_tag))
+    /// Verifies our popped Route's token: `MINUTES-MAC`, issued no later than a minute from now
+    /// and no earlier than `[live] call_expiry` ago, with a MAC over the Call-ID, the
+    /// initiator's tag (the From-tag one way and the To-tag the other), the issue time and the
+    /// node. `None` when there is no valid token.
+    fn verify(
+        &self,
+        policy: &Policy,
+        call_id: &[u8],
+        from_tag: &[u8],
+        to_tag: &[u8],
+        wall_secs: u64,
+    ) -> Option<Dialog> {
+        let t = self.token?;
+        let dash = t.iter().position(|b| *b == b'-')?;
+        let (min_text, mac) = (t.get(..dash)?, t.get(dash + 1..)?);
+        if min_text.is_empty() || min_text.len() > 12 || mac.len() != TOKEN_LEN {
+            return None;
+        }
+        let issued = u64::from(scan::parse_u32_digits(min_text)?);
+        let now = wall_secs / 60;
+        if issued > now + 1 || now.saturating_sub(issued) > policy.token_life_min {
+            return None;
+        }
+        let node_hex = self.node.unwrap_or_default();
+        let node_bytes = decode_hex::<18>(node_hex)?;
+        let ok = |tag: &[u8]| {
+            ct_eq(
+                mac,
+                &policy.keys.route_token(call_id, tag, issued, &node_bytes),
+            )
+        };
+        if !(ok(from_tag) || ok(to_tag)) {
+            return None;
+        }
+        let node = match node_bytes.len() {
+            0 => None,
+            _ => Some(decode_addr(&node_bytes)?).filter(|n| policy.is_trusted(n.ip())),
+        };
+        Some(Dialog { node })
+    }
+}
+
+/// Lower-case hex to bytes (at most `N`); `None` if malformed or longer.
+fn decode_hex<const N: usize>(hex: &[u8]) -> Option<SmallVec<[u8; N]>>
+where
+    [u8; N]: smallvec::Array<Item = u8>,
+{
+    if hex.len() % 2 != 0 || hex.len() > 2 * N {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    hex.chunks(2)
+        .map(|p| match p {
+            [a, b] => Some(nib(*a)? << 4 | nib(*b)?),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The inverse of [`addr_bytes`].
+fn decode_addr(b: &[u8]) -> Option<SocketAddr> {
+    match b.len() {
+        6 => {
+            let ip: [u8; 4] = b.get(..4)?.try_into().ok()?;
+            let port = u16::from_be_bytes(b.get(4..6)?.try_into().ok()?);
+            Some(SocketAddr::new(IpAddr::from(ip), port))
+        }
+        18 => {
+            let ip: [u8; 16] = b.get(..16)?.try_into().ok()?;
+            let port = u16::from_be_bytes(b.get(16..18)?.try_into().ok()?);
+            Some(SocketAddr::new(IpAddr::from(ip), port))
+        }
+        _ => None,
     }
 }
 
@@ -949,7 +1110,7 @@ fn build_reply(
         match (&req.tv, first) {
             (Some(tv), true) => {
                 let mut e = Edits::new();
-                top_via_edits(&mut e, buf, &tv.top, pkt.source);
+                top_via_edits(&mut e, &tv.top, pkt.source);
                 e.apply_range_into(buf, h.line.clone(), &mut out);
             }
             _ => out.extend_from_slice(&buf[h.line.clone()]),

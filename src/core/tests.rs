@@ -589,11 +589,12 @@ fn in_dialog_requests_pass_after_the_account_ran_dry() {
     // A token of another dialog does not help.
     let other = in_dialog("INVITE", "dl2", "alice", &route, 2);
     assert_eq!(status(&reply(&run(&w, &p, &other, CALLER)).1), 402);
-    // A BYE without token is not a check method: forwarded.
-    assert!(matches!(
-        run(&w, &p, &in_dialog("BYE", "dl", "alice", "", 5), CALLER).action,
-        Action::Forward { .. }
-    ));
+    // A BYE without token is not a check method: forwarded as an out-of-dialog request
+    // (`forward_other_methods = true`), not as an in-dialog one.
+    let bye = in_dialog("BYE", "dl", "alice", "", 5);
+    let o = run(&w, &p, &bye, CALLER);
+    assert_eq!(o.event, Event::Passed(PassKind::OtherMethod));
+    assert!(matches!(o.action, Action::Forward { .. }));
 }
 
 #[test]
@@ -893,11 +894,13 @@ fn forward_other_methods_false_refuses_other_out_of_dialog_methods() {
             CALLER,
             Event::Answered(Answer::OptionsPing),
         ),
+        // A To-tag without creditgate's dialog token is no free pass (issue 9 item 4): the
+        // out-of-dialog rules apply (this case expected a pass before).
         (
-            "in-dialog BYE",
+            "BYE with a To-tag but no token",
             in_dialog("BYE", "fo-b", "bob", "", 2),
             CALLER,
-            Event::Passed(PassKind::InDialog),
+            Event::Answered(Answer::MethodNotAllowed),
         ),
         ("CANCEL", cancel, CALLER, Event::Passed(PassKind::Cancel)),
         (
@@ -1723,6 +1726,7 @@ fn admin_decision_is_the_proxys_decision() {
                     source: sa(CALLER),
                     local: sa(CG),
                     now,
+                    wall_secs: WALL,
                 },
                 &w.snap,
                 &p,
@@ -1757,3 +1761,4 @@ fn admin_decision_is_the_proxys_decision() {
         }
     ));
 }
+mod hardening;

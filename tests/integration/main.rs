@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod flood;
+mod hardening;
 mod harness;
 mod logs;
 mod ops;

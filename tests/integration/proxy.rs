@@ -138,8 +138,13 @@ fn admitted_invite_is_forwarded_and_its_200_relayed() {
         rr[0]
     );
     let token = &rr[0][prefix.len()..rr[0].len() - 1];
+    // MINUTES-MAC since issue 9 item 5 (was a bare MAC).
+    let (minutes, mac) = token.split_once('-').unwrap_or_default();
     assert!(
-        !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric()),
+        !minutes.is_empty()
+            && minutes.bytes().all(|b| b.is_ascii_digit())
+            && mac.len() == 20
+            && mac.bytes().all(|b| b.is_ascii_hexdigit()),
         "token {token:?}"
     );
 
