@@ -338,6 +338,17 @@ impl<'s> FullRefresh<'s> {
     /// met). An id met twice (SCAN may repeat keys) is harmless.
     pub fn feed_read_at(&mut self, acct: Account, ticket: ReadTicket) {
         let snap = self.snap;
+        // Fast path under the shard's read lock only: an unchanged record (nearly all of a
+        // refresh) or one a push superseded is only marked, so packet workers reading the same
+        // shard never wait behind it. Anything else is decided again under the write lock.
+        {
+            if let Some(slot) = snap.accounts.get(&*acct.id) {
+                if (slot.pushed == 0 && *slot.acct == acct) || pushed_after(slot.pushed, ticket) {
+                    slot.mark.store(self.mark, Ordering::Release);
+                    return;
+                }
+            }
+        } // the read guard is gone before the entry below takes the write lock
         match snap.accounts.entry(Arc::clone(&acct.id)) {
             Entry::Occupied(mut e) => {
                 e.get().mark.store(self.mark, Ordering::Release);
