@@ -23,6 +23,16 @@
 //! would apply it at once too), while a record that is missing may be missing because the
 //! store was emptied or half-loaded.
 //!
+//! A push is never overtaken by older data: a full refresh reads for seconds, and a push update
+//! of an account can be applied after the refresh read that account's record but before it
+//! feeds it. Every push carries a stamp from the snapshot's update clock, and every record a
+//! full refresh feeds carries the [`ReadTicket`] taken before it was read
+//! ([`FullRefresh::feed_read_at`]); a record read before a push of its account was applied is
+//! left out (the account still counts as met). A push that deleted an account leaves a stamp
+//! of its own (a tombstone, dropped at the next refresh's start), so an older read cannot bring
+//! the account back. This holds whatever the refresh's end: applied, held by the shrink guard,
+//! or abandoned half-way.
+//!
 //! Time is an input: the snapshot stores when it was last loaded as an `Instant` given by the
 //! caller, and age questions take `now` as an argument.
 
@@ -67,6 +77,25 @@ pub struct Snapshot {
     loaded: AtomicBool,
     /// Generation counter: bumped by every applied full load and single update.
     generation: AtomicU64,
+    /// The update clock: every push takes the next value as its stamp, a [`ReadTicket`] is its
+    /// current value. 32 bits, compared by serial-number arithmetic (see [`pushed_after`]).
+    clock: AtomicU32,
+    /// Stamps of push updates that deleted an account (tombstones), so that a full refresh
+    /// that read the account before the deletion does not bring it back. Pruned when a refresh
+    /// begins (its reads all come after the stamps there).
+    pushed_gone: DashMap<Arc<str>, u32, FxBuildHasher>,
+}
+
+/// A point in the snapshot's update order, taken before reading records from the credit store:
+/// a record fed with it is not applied over a push of the same account applied after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadTicket(u32);
+
+/// Whether push stamp `stamp` was taken after `ticket` (0: no push). Wrapping comparison: valid
+/// while fewer than 2^31 pushes separate the two, and stamps never grow that old: a refresh
+/// that meets an account clears its stamp, and tombstones live one refresh.
+fn pushed_after(stamp: u32, ticket: ReadTicket) -> bool {
+    stamp != 0 && (stamp.wrapping_sub(ticket.0) as i32) > 0
 }
 
 /// One map entry. The account is boxed: a hash table has room for up to twice as many
@@ -76,13 +105,17 @@ struct Slot {
     acct: Box<Account>,
     /// The mark of the last full refresh that met this account (see [`Snapshot::mark`]).
     mark: AtomicU32,
+    /// Stamp of the push update that wrote this entry, 0 when a full refresh wrote it or met
+    /// it since (see [`pushed_after`]). Fits the padding: the entry stays 16 bytes.
+    pushed: u32,
 }
 
 impl Slot {
-    fn new(acct: Account, mark: u32) -> Self {
+    fn new(acct: Account, mark: u32, pushed: u32) -> Self {
         Slot {
             acct: Box::new(acct),
             mark: AtomicU32::new(mark),
+            pushed,
         }
     }
 }
@@ -117,6 +150,23 @@ impl Snapshot {
             loaded_at_ns: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            clock: AtomicU32::new(0),
+            pushed_gone: DashMap::with_hasher(FxBuildHasher),
+        }
+    }
+
+    /// A ticket to take before reading records from the credit store (see the module header).
+    pub fn read_ticket(&self) -> ReadTicket {
+        ReadTicket(self.clock.load(Ordering::SeqCst))
+    }
+
+    /// The stamp of a push update being applied: after every ticket taken so far.
+    fn push_stamp(&self) -> u32 {
+        loop {
+            let stamp = self.clock.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+            if stamp != 0 {
+                return stamp;
+            }
         }
     }
 
@@ -195,46 +245,61 @@ impl Snapshot {
     /// it wrote, removes nothing and does not count as a load.
     pub fn begin_full(&self) -> FullRefresh<'_> {
         let mark = self.mark.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        let ticket = self.read_ticket();
+        // Tombstones older than this refresh's first read can no longer matter.
+        self.pushed_gone
+            .retain(|_, stamp| pushed_after(*stamp, ticket));
         FullRefresh {
             snap: self,
             mark,
+            ticket,
             known: self.accounts.len(),
             added: 0,
             changed: 0,
         }
     }
 
-    /// Inserts or replaces one account (a push update).
+    /// Inserts or replaces one account (a push update). A full refresh in flight that read
+    /// this account before now will not overwrite it.
     pub fn upsert(&self, acct: Account) {
         // A full refresh in progress counts it as met: the store has it now.
         let mark = self.mark.load(Ordering::Acquire);
         match self.accounts.entry(Arc::clone(&acct.id)) {
             Entry::Occupied(mut e) => {
+                let stamp = self.push_stamp();
                 self.ip_index.update(Some(&e.get().acct), Some(&acct));
-                e.insert(Slot::new(acct, mark));
+                e.insert(Slot::new(acct, mark, stamp));
             }
             Entry::Vacant(e) => {
+                let stamp = self.push_stamp();
+                self.pushed_gone.remove(&*acct.id);
                 self.ip_index.update(None, Some(&acct));
-                e.insert(Slot::new(acct, mark));
+                e.insert(Slot::new(acct, mark, stamp));
             }
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Removes one account (a push update for a deleted record). Returns whether it existed.
+    /// Removes one account (a push update for a deleted or bad record). Returns whether it
+    /// existed. Either way, a full refresh in flight that read the record before now will not
+    /// bring it back.
     pub fn remove(&self, id: &str) -> bool {
-        // The index entries go under the map entry's lock, before the entry itself.
-        let removed = self
-            .accounts
-            .remove_if(id, |_, s| {
-                self.ip_index.update(Some(&s.acct), None);
+        match self.accounts.entry(Arc::from(id)) {
+            Entry::Occupied(e) => {
+                let stamp = self.push_stamp();
+                // The index entries go first, under the map entry's lock.
+                self.ip_index.update(Some(&e.get().acct), None);
+                let (key, _) = e.remove_entry();
+                self.pushed_gone.insert(key, stamp);
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 true
-            })
-            .is_some();
-        if removed {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            Entry::Vacant(e) => {
+                let stamp = self.push_stamp();
+                self.pushed_gone.insert(e.into_key(), stamp);
+                false
+            }
         }
-        removed
     }
 }
 
@@ -247,31 +312,72 @@ fn routing_differs(a: &Account, b: &Account) -> bool {
 pub struct FullRefresh<'s> {
     snap: &'s Snapshot,
     mark: u32,
+    /// Taken when the refresh began: the ticket of records fed with [`FullRefresh::feed`].
+    ticket: ReadTicket,
     /// Accounts in the snapshot when the refresh began.
     known: usize,
     added: usize,
     changed: usize,
 }
 
-impl FullRefresh<'_> {
-    /// Applies one account of the new set: new and changed entries are written at once, an
-    /// unchanged one is only marked. An id met twice (SCAN may repeat keys) is harmless.
+impl<'s> FullRefresh<'s> {
+    /// The snapshot this refresh applies to (for [`Snapshot::read_ticket`]).
+    pub fn snapshot(&self) -> &'s Snapshot {
+        self.snap
+    }
+
+    /// [`FullRefresh::feed_read_at`] for a record read after the refresh began (a source read
+    /// whole before [`Snapshot::begin_full`], like the accounts file, has no push updates).
     pub fn feed(&mut self, acct: Account) {
+        self.feed_read_at(acct, self.ticket);
+    }
+
+    /// Applies one account of the new set, read after `ticket` was taken: new and changed
+    /// entries are written at once, an unchanged one is only marked. A record read before a
+    /// push of its account was applied is left out (the push is newer; the account counts as
+    /// met). An id met twice (SCAN may repeat keys) is harmless.
+    pub fn feed_read_at(&mut self, acct: Account, ticket: ReadTicket) {
         let snap = self.snap;
+        // Fast path under the shard's read lock only: an unchanged record (nearly all of a
+        // refresh) or one a push superseded is only marked, so packet workers reading the same
+        // shard never wait behind it. Anything else is decided again under the write lock.
+        {
+            if let Some(slot) = snap.accounts.get(&*acct.id) {
+                if (slot.pushed == 0 && *slot.acct == acct) || pushed_after(slot.pushed, ticket) {
+                    slot.mark.store(self.mark, Ordering::Release);
+                    return;
+                }
+            }
+        } // the read guard is gone before the entry below takes the write lock
         match snap.accounts.entry(Arc::clone(&acct.id)) {
             Entry::Occupied(mut e) => {
                 e.get().mark.store(self.mark, Ordering::Release);
+                let pushed = e.get().pushed;
+                if pushed_after(pushed, ticket) {
+                    return;
+                }
+                if pushed != 0 {
+                    // Read after the push: from now on the store's record is the reference.
+                    e.get_mut().pushed = 0;
+                }
                 if *e.get().acct == acct {
                     return;
                 }
                 self.changed += 1;
                 snap.ip_index.update(Some(&e.get().acct), Some(&acct));
-                e.insert(Slot::new(acct, self.mark));
+                e.insert(Slot::new(acct, self.mark, 0));
             }
             Entry::Vacant(e) => {
+                let gone = snap.pushed_gone.get(&*acct.id).map(|g| *g);
+                if let Some(stamp) = gone {
+                    if pushed_after(stamp, ticket) {
+                        return; // deleted by a push after this record was read
+                    }
+                    snap.pushed_gone.remove(&*acct.id);
+                }
                 self.added += 1;
                 snap.ip_index.update(None, Some(&acct));
-                e.insert(Slot::new(acct, self.mark));
+                e.insert(Slot::new(acct, self.mark, 0));
             }
         }
     }
@@ -796,7 +902,9 @@ mod tests {
     /// several threads, and checker threads look every pushed account up by its current
     /// address whenever no push of it is in progress: it must always be found. A push and the
     /// refresh's read of the same account are serialised by a per-account "store" lock, as a
-    /// Redis read and a write of one key are, so only the snapshot's own updates race here.
+    /// Redis read and a write of one key are; every third refresh feeds what it read after
+    /// releasing that lock, with the read ticket taken before (item 8), so pushes land between
+    /// a read and its feed.
     #[test]
     fn concurrent_pushes_and_full_refreshes_keep_every_account_findable() {
         use std::sync::atomic::AtomicUsize;
@@ -856,8 +964,17 @@ mod tests {
                         }
                     }
                     for (i, cell) in store.iter().enumerate() {
-                        let gen = cell.lock().unwrap();
-                        full.feed(pushed(i, *gen));
+                        if round % 3 == 0 {
+                            // Read and fed apart, as a Redis batch is: pushes may come between
+                            // (item 8: the read ticket keeps the older read from winning).
+                            let ticket = snap.read_ticket();
+                            let gen = *cell.lock().unwrap();
+                            std::thread::yield_now();
+                            full.feed_read_at(pushed(i, gen), ticket);
+                        } else {
+                            let gen = cell.lock().unwrap();
+                            full.feed(pushed(i, *gen));
+                        }
                     }
                     let _ = full.finish(t0, 0.5, false);
                     refreshes.fetch_add(1, Ordering::Relaxed);
@@ -944,6 +1061,159 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// How a full refresh ended, for the item 8 tests.
+    #[derive(Debug, Clone, Copy)]
+    enum Ending {
+        Applied,
+        HeldByShrinkGuard,
+        LoadFailed,
+    }
+
+    /// Item 8 (issue 9): accounts pushed while a full refresh is in flight, whose records the
+    /// refresh read before the push was applied, keep the pushed data on every path: the
+    /// refresh applies, is held back by the shrink guard, or fails half-way. A suspension stays
+    /// suspended, a deleted account stays deleted (and unfindable by address), a new account
+    /// stays; accounts not pushed take the refresh's data.
+    #[test]
+    fn a_push_is_never_overtaken_by_an_older_full_refresh_read() {
+        for ending in [
+            Ending::Applied,
+            Ending::HeldByShrinkGuard,
+            Ending::LoadFailed,
+        ] {
+            let t0 = Instant::now();
+            let s = Snapshot::new(t0);
+            let set: Vec<Account> = (0..10)
+                .map(|i| acct(&format!("a{i}"), "5", &format!("10.0.0.{i}"), None))
+                .collect();
+            s.apply_full(set.clone(), t0, 0.5, false).unwrap();
+
+            let mut full = s.begin_full();
+            // The refresh has read every record (as they were before the pushes below)...
+            let mut read = set.clone();
+            read[1].balance = Decimal::from(9); // a change nobody pushed
+            let mut gone_then_back = acct("late", "5", "10.0.9.1", None);
+            gone_then_back.enabled = true;
+            read.push(gone_then_back);
+            // ...then pushes apply: a suspension moved to a new address, a deletion, a new
+            // account, and one created and deleted at once.
+            let mut suspended = acct("a3", "0", "10.0.3.3", None);
+            suspended.enabled = false;
+            s.upsert(suspended.clone());
+            assert!(s.remove("a4"));
+            s.upsert(acct("new", "1", "10.0.8.8", None));
+            assert!(!s.remove("late"));
+            // ...and the refresh applies what it read.
+            let max_shrink = match ending {
+                Ending::HeldByShrinkGuard => {
+                    read.truncate(5); // a0..a4 only: 5 of 10 would go, more than 0.3
+                    0.3
+                }
+                _ => 0.5,
+            };
+            for a in read {
+                full.feed(a);
+            }
+            match ending {
+                Ending::Applied => {
+                    full.finish(t0, max_shrink, false).unwrap();
+                }
+                Ending::HeldByShrinkGuard => {
+                    full.finish(t0, max_shrink, false).unwrap_err();
+                }
+                Ending::LoadFailed => {
+                    let _abandoned = full; // the source failed half-way
+                }
+            }
+
+            let ip = |x: &str| x.parse::<IpAddr>().unwrap();
+            assert_eq!(
+                s.account("a3"),
+                Some(suspended),
+                "{ending:?}: push of a3 undone"
+            );
+            assert_eq!(
+                s.lookup_ip(ip("10.0.3.3"), b"").as_deref(),
+                Some("a3"),
+                "{ending:?}"
+            );
+            assert_eq!(s.lookup_ip(ip("10.0.0.3"), b""), None, "{ending:?}");
+            assert!(s.credit("a4").is_none(), "{ending:?}: deleted a4 is back");
+            assert_eq!(s.lookup_ip(ip("10.0.0.4"), b""), None, "{ending:?}");
+            assert!(
+                s.credit("late").is_none(),
+                "{ending:?}: deleted `late` is back"
+            );
+            assert_eq!(s.lookup_ip(ip("10.0.9.1"), b""), None, "{ending:?}");
+            assert_eq!(
+                s.credit("new").map(|c| c.balance),
+                Some(Decimal::ONE),
+                "{ending:?}"
+            );
+            assert_eq!(
+                s.credit("a1").unwrap().balance,
+                Decimal::from(9),
+                "{ending:?}: the refresh's own change applies"
+            );
+
+            // A later refresh that read after the pushes applies normally, deletions included.
+            let mut later = set.clone();
+            later[3].balance = Decimal::from(7);
+            later.retain(|a| &*a.id != "a4");
+            let st = s.apply_full(later, t0, 0.5, false).unwrap();
+            assert_eq!(
+                s.credit("a3").unwrap().balance,
+                Decimal::from(7),
+                "{ending:?}"
+            );
+            assert!(s.credit("a3").unwrap().enabled, "{ending:?}");
+            assert!(s.credit("new").is_none(), "{ending:?}");
+            assert_eq!(st.total, 9, "{ending:?}");
+            // And a record re-created after its deletion comes back with the next read.
+            s.apply_full(set.clone(), t0, 0.5, false).unwrap();
+            assert_eq!(s.lookup_ip(ip("10.0.0.4"), b"").as_deref(), Some("a4"));
+        }
+    }
+
+    /// Per-batch read tickets: a record read after a push applies over it, one read before
+    /// does not; the comparison survives the clock wrapping; the entry stays 16 bytes.
+    #[test]
+    fn read_tickets_order_records_and_pushes() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 16,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+        let t0 = Instant::now();
+        let s = Snapshot::new(t0);
+        // Start just below the wrap: pushes get stamps u32::MAX, (0 skipped), 1, 2...
+        s.clock.store(u32::MAX - 1, Ordering::SeqCst);
+        s.apply_full(vec![acct("x", "5", "10.0.0.1", None)], t0, 0.5, false)
+            .unwrap();
+        let mut full = s.begin_full();
+        let before = s.read_ticket();
+        s.upsert(acct("x", "1", "10.0.0.1", None));
+        s.upsert(acct("x", "2", "10.0.0.1", None));
+        full.feed_read_at(acct("x", "9", "10.0.0.1", None), before);
+        assert_eq!(s.credit("x").unwrap().balance, Decimal::from(2));
+        let after = full.snapshot().read_ticket();
+        full.feed_read_at(acct("x", "3", "10.0.0.2", None), after);
+        assert_eq!(s.credit("x").unwrap().balance, Decimal::from(3));
+        assert_eq!(
+            s.lookup_ip("10.0.0.2".parse().unwrap(), b"").as_deref(),
+            Some("x")
+        );
+        // Deleted by a push after `after`, read before: stays deleted; read after: back.
+        assert!(s.remove("x"));
+        full.feed_read_at(acct("x", "3", "10.0.0.2", None), after);
+        assert!(s.credit("x").is_none());
+        let later = s.read_ticket();
+        full.feed_read_at(acct("x", "4", "10.0.0.2", None), later);
+        assert_eq!(s.credit("x").unwrap().balance, Decimal::from(4));
+        full.finish(t0, 0.5, false).unwrap();
+        assert!(s.pushed_gone.is_empty());
     }
 
     #[test]

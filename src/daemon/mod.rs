@@ -180,7 +180,8 @@ pub async fn run(
         .set_rate(cfg.log.refusal_lines_per_second);
     let shutdown = CancellationToken::new();
     let refresher = refresh::Refresher::new(&cfg, Arc::clone(&shared));
-    // Started before the first load: updates arriving during it are re-read after it.
+    // Started before the first load: updates arriving during it apply at once, and the load does
+    // not overwrite them with what it read before (see `snapshot`).
     let push_task = refresher.spawn_push_updates(shutdown.clone());
     // The first snapshot attempt completes before packets are served.
     refresher.refresh_once(false).await;

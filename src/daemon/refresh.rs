@@ -70,13 +70,6 @@ impl Source {
             Source::Unavailable(why) => Err(SourceError::Store(why.clone())),
         }
     }
-
-    /// After a full load was applied: the Redis source re-reads accounts pushed meanwhile.
-    async fn after_apply(&self, snapshot: &Arc<crate::snapshot::Snapshot>) {
-        if let Source::Redis(r) = self {
-            r.replay_pushed(snapshot).await;
-        }
-    }
 }
 
 /// What the admin API and the metrics need to know about refreshes (all lock-free but the held
@@ -244,7 +237,6 @@ impl Refresher {
                     took_ms = t0.elapsed().as_millis() as u64,
                     "snapshot refreshed"
                 );
-                self.inner.source.after_apply(snap).await;
                 true
             }
             Err(held) => {

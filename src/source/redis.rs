@@ -9,7 +9,10 @@
 //!   snapshot as it is parsed ([`Snapshot::begin_full`]: memory stays at the snapshot plus a few
 //!   batches). A bad record is reported in [`Refreshed::bad`] and left out; the rest loads. A
 //!   Redis error fails the refresh ([`SourceError::Store`]): what was read stays applied,
-//!   nothing is removed and the snapshot's age is not reset.
+//!   nothing is removed and the snapshot's age is not reset. Each batch takes a
+//!   [`crate::snapshot::ReadTicket`] before it is sent, so a record it read before a push of
+//!   the same account was applied never overwrites that push, on any path (applied, held back,
+//!   failed).
 //! * [`RedisSource::load_one`]: one account (push updates, tooling).
 //! * [`RedisSource::spawn_updates`]: the push-update task. It subscribes to `{prefix}updates`,
 //!   re-reads each published account at once and applies it to the snapshot, and resubscribes by
@@ -26,7 +29,7 @@
 //! requires.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -93,9 +96,6 @@ pub struct RedisSource {
     client: Client,
     conn: ConnectionManager,
     prefix: String,
-    /// Ids pushed while a full load is in flight (`Some` during a load). The full load may have
-    /// read an older version of those accounts; they are re-read after it is applied.
-    pushed_during_load: Mutex<Option<Vec<Arc<str>>>>,
     pub stats: RedisStats,
 }
 
@@ -276,7 +276,6 @@ impl RedisSource {
             client,
             conn,
             prefix: prefix.to_owned(),
-            pushed_during_load: Mutex::new(None),
             stats: RedisStats::default(),
         })
     }
@@ -310,7 +309,6 @@ impl RedisSource {
         max_shrink: f64,
         force: bool,
     ) -> Result<Refreshed, SourceError> {
-        self.set_pushed_tracking(true);
         let mut result = self.load_attempt(snapshot.begin_full()).await;
         if let Err(e) = &result {
             tracing::debug!(error = %e, "redis full load failed; retrying once");
@@ -324,15 +322,8 @@ impl RedisSource {
             }),
             Err(e) => {
                 self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
-                self.set_pushed_tracking(false);
                 Err(e)
             }
-        }
-    }
-
-    fn set_pushed_tracking(&self, on: bool) {
-        if let Ok(mut g) = self.pushed_during_load.lock() {
-            *g = on.then(Vec::new);
         }
     }
 
@@ -348,6 +339,7 @@ impl RedisSource {
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(READ_AHEAD);
         let head_len = self.prefix.len() + "account:".len();
         let scanner = self.scan_ids(tx);
+        let snapshot = full.snapshot();
         let full_ref = &mut full;
         let reader = async move {
             let mut bad = Vec::new();
@@ -359,12 +351,15 @@ impl RedisSource {
                 .map(|ids| {
                     let mut conn = self.conn.clone();
                     async move {
+                        // Before the batch is sent: a push applied after this point is newer
+                        // than what the batch reads.
+                        let ticket = snapshot.read_ticket();
                         let r = self.fetch_batch(&mut conn, &ids).await;
-                        (ids, r)
+                        (ids, ticket, r)
                     }
                 })
                 .buffered(READ_AHEAD));
-            while let Some((keys, replies)) = replies.next().await {
+            while let Some((keys, ticket, replies)) = replies.next().await {
                 for (key, reply) in keys.iter().zip(replies?) {
                     // scan_ids only passes keys with the head and a valid (ASCII) id.
                     let id = key
@@ -375,7 +370,7 @@ impl RedisSource {
                         Record::Missing => {} // deleted between SCAN and HGETALL
                         Record::Good(a) => {
                             accounts += 1;
-                            full_ref.feed(a);
+                            full_ref.feed_read_at(a, ticket);
                         }
                         Record::Bad(b) => bad.push(b),
                     }
@@ -507,18 +502,15 @@ impl RedisSource {
 
     /// Re-reads one account and applies it to the snapshot: upsert, or remove when the key is
     /// gone or the record is bad (a bad record is never admitted). A Redis error leaves the
-    /// snapshot as it was; the next full refresh catches up.
+    /// snapshot as it was; the next full refresh catches up. A full refresh in flight that read
+    /// the account before this is applied does not overwrite it ([`Snapshot::upsert`]). Called
+    /// by the push task only, one account at a time, so two reads of one account never race.
     pub async fn apply_one(&self, snapshot: &Snapshot, id: &str) {
         if !valid_account_id(id) {
             // Not an account id (a stray message on the channel): nothing to re-read.
             let head: String = id.chars().take(64).collect();
             tracing::debug!(payload = %head.escape_debug(), "push update with an invalid account id ignored");
             return;
-        }
-        if let Ok(mut g) = self.pushed_during_load.lock() {
-            if let Some(list) = g.as_mut() {
-                list.push(Arc::from(id));
-            }
         }
         let mut read = self.load_one(id).await;
         if read.is_err() {
@@ -546,35 +538,6 @@ impl RedisSource {
                 self.stats.push_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(account = %id, error = %e, "push update could not be read; the next full refresh catches up");
             }
-        }
-    }
-
-    /// After a full load was applied: re-reads the accounts pushed while it was in flight, so an
-    /// older copy read by the full load does not override a newer push.
-    pub async fn replay_pushed(self: &Arc<Self>, snapshot: &Arc<Snapshot>) {
-        let me = Arc::clone(self);
-        let snapshot = Arc::clone(snapshot);
-        let task = self
-            .runtime
-            .handle
-            .spawn(async move { me.replay_pushed_here(&snapshot).await });
-        if let Err(e) = task.await {
-            tracing::warn!(error = %e, "re-reading pushed accounts failed");
-        }
-    }
-
-    async fn replay_pushed_here(&self, snapshot: &Snapshot) {
-        let ids = self
-            .pushed_during_load
-            .lock()
-            .ok()
-            .and_then(|mut g| g.take())
-            .unwrap_or_default();
-        let mut ids: Vec<Arc<str>> = ids;
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids {
-            self.apply_one(snapshot, &id).await;
         }
     }
 

@@ -10,11 +10,14 @@
 //! Every wait is a bounded poll; nothing asserts on timing.
 
 use std::fs;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use crate::redis::{
-    cli_config, decide, redis_config, wait_for, Outcome, RedisServer, PREFIX, PUSH_WAIT,
+    cli_config, decide, redis_config, sighup, wait_for, Outcome, RedisServer, PREFIX, PUSH_WAIT,
+    REFRESH_WAIT,
 };
 
 /// The daemon on `redis` with the SIP listener on port 0 (the harness reads the bound port).
@@ -206,4 +209,197 @@ fn accounts_import_refuses_negative_money_and_count_rows() {
         redis.cli(&["HGET", &format!("{PREFIX}account:good"), "balance"]),
         "-42.17"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Items 7 and 8: pushes and full refreshes at the same time
+
+/// Sends a fresh INVITE from `from` (a caller bound on its own loopback address, so that
+/// `source_ip` identification decides) and reports what became of it.
+fn decide_from(daemon: &Daemon, switch: &Switch, from: &Endpoint) -> Outcome {
+    let d = daemon.sip_addr();
+    let call_id = new_call_id();
+    // The From user is no account: only the source address can identify the caller.
+    let invite = Request::invite(from.addr(), d, &call_id, "no-such-account");
+    from.send(&invite.build(), d);
+    let ours = |m: &[u8]| header(m, "Call-ID").as_deref() == Some(call_id.as_str());
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Some((m, _)) = switch.recv_timeout(Duration::from_millis(20)) {
+            if ours(&m) && method(&m).as_deref() == Some("INVITE") {
+                return Outcome::Admitted;
+            }
+        }
+        if let Some((m, _)) = from.recv_timeout(Duration::from_millis(20)) {
+            if let Some(code) = status_code(&m).filter(|c| *c >= 200) {
+                if ours(&m) {
+                    return Outcome::Refused(code);
+                }
+            }
+        }
+    }
+    panic!(
+        "INVITE from {}: neither forwarded nor answered within {WAIT:?}\n----- daemon log -----\n{}",
+        from.addr(),
+        daemon.log()
+    )
+}
+
+/// Address of moving account `i` in round `round` (127.77.i.round: a loopback address the
+/// test can send from).
+fn mover_ip(i: u8, round: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 77, i, round))
+}
+
+/// Items 7 and 8 over real Redis and UDP: while full refreshes run back to back (SIGHUP in a
+/// loop, a 1 s interval, 20,000 accounts, some changing addresses without a PUBLISH so that
+/// every refresh changes the IP index too), pushed accounts move to new addresses round after
+/// round, until at least three refreshes overlapped the moves. Each move must show (admitted from the new address, refused from the old one),
+/// and every moved account must still be found at its address after every later round and once
+/// everything is quiet: a push is never lost to a refresh that ran at the same time.
+#[test]
+fn redis_pushes_during_full_refreshes_keep_every_account_findable() {
+    const MOVERS: u8 = 12;
+    const ROUNDS: u8 = 6;
+    const BULK: u32 = 20_000;
+    let redis = RedisServer::start();
+    // Bulk accounts, each on an address of its own (127.78.x.y), in one server-side loop.
+    redis.cli(&[
+        "EVAL",
+        "for i = 0, tonumber(ARGV[1]) - 1 do \
+           redis.call('HSET', KEYS[1] .. i, 'balance', '5', 'ips', \
+             '127.78.' .. math.floor(i / 250) .. '.' .. (i % 250 + 1)) \
+         end",
+        "1",
+        &format!("{PREFIX}account:bulk"),
+        &BULK.to_string(),
+    ]);
+    for i in 0..MOVERS {
+        redis.hset(
+            &format!("m{i}"),
+            &[("balance", "5"), ("ips", &mover_ip(i, 1).to_string())],
+        );
+    }
+    let (daemon, switch, _caller) = start_on_redis("1s", &redis);
+    assert!(
+        daemon.wait_for_log("subscribed to push updates", 1, PUSH_WAIT),
+        "no subscription:\n{}",
+        daemon.log()
+    );
+    let from = |i: u8, round: u8| Endpoint::bind(mover_ip(i, round));
+    for i in 0..MOVERS {
+        assert_eq!(
+            decide_from(&daemon, &switch, &from(i, 1)),
+            Outcome::Admitted,
+            "m{i} before the moves"
+        );
+    }
+
+    let stop = AtomicBool::new(false);
+    let mut last_round = 0;
+    std::thread::scope(|sc| {
+        // Full refreshes back to back, each changing the addresses of a few bulk accounts.
+        sc.spawn(|| {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                let k = n % 50;
+                redis.hset(
+                    &format!("bulk{k}"),
+                    &[("ips", &format!("127.79.{}.{}", k, n % 250 + 1))],
+                );
+                sighup(&daemon);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // At least ROUNDS rounds, and on until three full refreshes overlapped the moves.
+            let refreshed_before = daemon.log().matches("snapshot refreshed").count();
+            let mut round = 1;
+            while round < ROUNDS
+                || (daemon.log().matches("snapshot refreshed").count() < refreshed_before + 3
+                    && round < 200)
+            {
+                round += 1;
+                for i in 0..MOVERS {
+                    redis.hset(
+                        &format!("m{i}"),
+                        &[("ips", &mover_ip(i, round).to_string())],
+                    );
+                    redis.publish(&format!("m{i}"));
+                }
+                for i in 0..MOVERS {
+                    let ep = from(i, round);
+                    let deadline = Instant::now() + PUSH_WAIT;
+                    loop {
+                        let got = decide_from(&daemon, &switch, &ep);
+                        if got == Outcome::Admitted {
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "round {round}: m{i} not found at {} within {PUSH_WAIT:?} ({got:?})\n{}",
+                            ep.addr(),
+                            daemon.log()
+                        );
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    // The old address goes in the same update, just after the new one came:
+                    // poll (the update runs on a background-priority thread).
+                    let old = from(i, round - 1);
+                    loop {
+                        let got = decide_from(&daemon, &switch, &old);
+                        if got == Outcome::Refused(403) {
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "round {round}: m{i} still found at its old address {} ({got:?})",
+                            old.addr()
+                        );
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                // Moved accounts stay found while the refreshes go on.
+                for i in 0..MOVERS {
+                    assert_eq!(
+                        decide_from(&daemon, &switch, &from(i, round)),
+                        Outcome::Admitted,
+                        "round {round}: m{i} lost at {} after its move was seen",
+                        mover_ip(i, round)
+                    );
+                }
+            }
+            round
+        }));
+        stop.store(true, Ordering::Release);
+        match outcome {
+            Ok(round) => last_round = round,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    });
+
+    // Quiet: two more refreshes (no index change any more), then every account where Redis
+    // says.
+    let done = daemon.log().matches("snapshot refreshed").count();
+    assert!(
+        daemon.wait_for_log("snapshot refreshed", done + 2, REFRESH_WAIT),
+        "no refresh after the moves:\n{}",
+        daemon.log()
+    );
+    for i in 0..MOVERS {
+        assert_eq!(
+            decide_from(&daemon, &switch, &from(i, last_round)),
+            Outcome::Admitted,
+            "m{i} at rest"
+        );
+    }
+    for k in [60u32, 777, 12_345, BULK - 1] {
+        let ip = Ipv4Addr::new(127, 78, (k / 250) as u8, (k % 250 + 1) as u8);
+        assert_eq!(
+            decide_from(&daemon, &switch, &Endpoint::bind(IpAddr::V4(ip))),
+            Outcome::Admitted,
+            "bulk{k} at {ip}"
+        );
+    }
 }
