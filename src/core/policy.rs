@@ -60,6 +60,9 @@ pub struct Policy {
     pub max_staleness: Duration,
     pub on_no_snapshot: OnNoSnapshot,
     pub enforce: bool,
+    /// Lower-case User-Agent substrings of scanners whose requests are dropped; empty when
+    /// `[abuse] drop_scanners` is off (`scanner.rs`).
+    pub scanner_agents: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +171,15 @@ impl Policy {
             max_staleness: cfg.credit.max_staleness,
             on_no_snapshot: cfg.credit.on_no_snapshot,
             enforce: cfg.credit.enforce,
+            scanner_agents: if cfg.abuse.drop_scanners {
+                cfg.abuse
+                    .scanner_user_agents
+                    .iter()
+                    .map(|s| s.to_ascii_lowercase().into_bytes())
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 
