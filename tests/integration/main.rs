@@ -21,3 +21,4 @@ mod redis;
 mod reveal;
 mod sched;
 mod sipp;
+mod sipvicious;
