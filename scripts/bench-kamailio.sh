@@ -113,6 +113,8 @@ listen = ["$CG_ADDR"]
 upstream = ["$SWITCH_ADDR"]
 workers = 2
 secret = "benchmark-secret-0123456789abcdef"
+# The load generator is one source far above any customer's rate: no flood guard.
+source_pps_limit = 0
 recv_buffer = "4MiB"
 
 [credit]

@@ -80,6 +80,8 @@ upstream = ["127.0.0.2:$SWITCH_PORT"]
 workers = 2
 realtime_priority = $1
 secret = "benchmark-secret-0123456789abcdef"
+# The load generator is one source far above any customer's rate: no flood guard.
+source_pps_limit = 0
 
 [credit]
 source = "redis"

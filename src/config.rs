@@ -54,6 +54,38 @@ const REDIS_SCHEMES: [&str; 4] = [
     "redis+sentinel://",
     "redis+unix://",
 ];
+/// Default `sip.source_pps_limit`: 200 calls a second from one address at a generous ten
+/// datagrams per call (INVITE, retransmissions, ACK, BYE, responses to calls the switch sends,
+/// keep-alives). No customer trunk of a credit-controlled service gets near it; a flood or a
+/// scanner sends far more. Costs one hash-map operation per datagram (`flood.rs`).
+const DEFAULT_SOURCE_PPS_LIMIT: u32 = 2_000;
+/// Default `abuse.ban_after_auth_failures`: generous, because a challenge (401/407) answered
+/// with the right credentials clears the count; 30 failures without a success in
+/// `ban_window` is a password guesser, not a phone with a typo (which retries a few times).
+const DEFAULT_BAN_AFTER_AUTH_FAILURES: u32 = 30;
+/// Default `abuse.ban_window`.
+const DEFAULT_BAN_WINDOW: Duration = Duration::from_secs(60);
+/// Default `abuse.ban_time`: long enough that a guesser moves on, short enough that a
+/// customer banned by mistake (a PBX with a stale password) recovers without a phone call.
+const DEFAULT_BAN_TIME: Duration = Duration::from_secs(15 * 60);
+/// Default `abuse.max_tracked`: sources with failure counts, and bans, each. About 64 bytes an
+/// entry: a few MiB at most, whatever a spoofed flood does.
+const DEFAULT_MAX_TRACKED: usize = 65_536;
+/// Highest `abuse.max_tracked`.
+const MAX_MAX_TRACKED: usize = 10_000_000;
+/// The User-Agents of common SIP scanners and password guessers (SIPVicious svmap/svwar/
+/// svcrack, sipcli, VaxSIPUserAgent, sundayddr, pplsip, iWar, sip-scan), matched as
+/// case-insensitive substrings. No phone or PBX sends these.
+pub const DEFAULT_SCANNER_USER_AGENTS: [&str; 8] = [
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "vaxsipuseragent",
+    "sundayddr",
+    "pplsip",
+    "iwar",
+    "sip-scan",
+];
 /// Default `log.refusal_lines_per_second`: a screenful a second is enough to see what is being
 /// refused and why; the metrics count every refusal.
 const DEFAULT_REFUSAL_LINES_PER_SECOND: u32 = 20;
@@ -84,6 +116,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[log]`: log level and format.
     pub log: LogConfig,
+    /// `[abuse]`: bans after authentication failures, scanner User-Agents.
+    pub abuse: AbuseConfig,
 }
 
 /// `[sip]`: sockets, upstreams and SIP handling.
@@ -132,7 +166,10 @@ pub struct SipConfig {
     /// Between 4 KiB and 1 GiB.
     pub recv_buffer: u64,
     /// Packets per second accepted from one source address before further packets are dropped;
-    /// default `0` = off. A flood guard, not a CPS limit (that is per account, `max_cps`).
+    /// default 2000, `0` = off. A flood guard, not a CPS limit (that is per account,
+    /// `max_cps`): 2000 is a PBX placing 200 calls a second from one address at ten datagrams
+    /// per call, more than any one customer trunk sends, and far below what a flood or a
+    /// scanner does (docs/overload.md).
     pub source_pps_limit: u32,
     /// `SCHED_FIFO` priority (1-99) of the packet worker threads; default `0` = normal
     /// scheduling. A woken packet worker then takes its CPU from any normal process at once
@@ -160,7 +197,7 @@ impl Default for SipConfig {
             secret: String::new(),
             secret_file: None,
             recv_buffer: 8 * MIB,
-            source_pps_limit: 0,
+            source_pps_limit: DEFAULT_SOURCE_PPS_LIMIT,
             realtime_priority: 0,
         }
     }
@@ -504,6 +541,51 @@ impl Default for LogConfig {
     }
 }
 
+/// `[abuse]`: what creditgate does against scanners and password guessers (issue 9).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbuseConfig {
+    /// Authentication failures the switch answers to one source (401 and 407 to any request,
+    /// 403 to a REGISTER) within `ban_window` before that source is banned: everything it
+    /// sends is dropped for `ban_time`. A 2xx to its REGISTER or INVITE clears the count, so
+    /// ordinary challenges never add up. Default 30; `0` = no bans. Upstreams and `[sip]
+    /// trusted` networks are never banned. IPv6 sources are banned per /64.
+    pub ban_after_auth_failures: u32,
+    /// Window the failures are counted in (from the first one). Default `"60s"`; at least 1s.
+    pub ban_window: Duration,
+    /// How long a ban lasts (the admin API lifts one earlier: `DELETE /bans/{ip}`). Default
+    /// `"15m"`; at least 1s.
+    pub ban_time: Duration,
+    /// Sources tracked at most: failure counts and bans, each. Default 65 536 (a few MiB). A
+    /// full table first forgets expired entries; a new source that still finds no room is not
+    /// counted (failures) or not banned, and counted in `creditgate_bans_refused_total`.
+    pub max_tracked: usize,
+    /// Drop requests whose User-Agent contains one of `scanner_user_agents` (no reply, counted
+    /// as `creditgate_drops_total{reason="scanner"}`). Default `true`: no phone or PBX sends
+    /// those names, and a scanner that gets no answer moves on; upstream and trusted sources are
+    /// never dropped. A scanner can change its User-Agent, so this stops the noise, not a
+    /// determined attacker (the bans do that).
+    pub drop_scanners: bool,
+    /// User-Agent substrings (case-insensitive) of scanners. Default
+    /// [`DEFAULT_SCANNER_USER_AGENTS`]; stored lower-case; none may be empty.
+    pub scanner_user_agents: Vec<String>,
+}
+
+impl Default for AbuseConfig {
+    fn default() -> Self {
+        AbuseConfig {
+            ban_after_auth_failures: DEFAULT_BAN_AFTER_AUTH_FAILURES,
+            ban_window: DEFAULT_BAN_WINDOW,
+            ban_time: DEFAULT_BAN_TIME,
+            max_tracked: DEFAULT_MAX_TRACKED,
+            drop_scanners: true,
+            scanner_user_agents: DEFAULT_SCANNER_USER_AGENTS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
@@ -810,6 +892,25 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<RawLog>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    abuse: Option<RawAbuse>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawAbuse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ban_after_auth_failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ban_window: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ban_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tracked: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_scanners: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scanner_user_agents: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -989,6 +1090,7 @@ fn check_config(raw: RawConfig, base_dir: &Path, ck: &mut Checker) -> Config {
     let reply = check_reply(raw.reply.unwrap_or_default(), ck);
     let admin = check_admin(raw.admin.unwrap_or_default(), base_dir, ck);
     let log = check_log(raw.log.unwrap_or_default(), ck);
+    let abuse = check_abuse(raw.abuse.unwrap_or_default(), ck);
     let config = Config {
         sip,
         credit,
@@ -997,6 +1099,7 @@ fn check_config(raw: RawConfig, base_dir: &Path, ck: &mut Checker) -> Config {
         reply,
         admin,
         log,
+        abuse,
     };
     check_across_tables(&config, ck);
     config
@@ -1571,6 +1674,71 @@ fn check_log(raw: RawLog, ck: &mut Checker) -> LogConfig {
     }
 }
 
+fn check_abuse(raw: RawAbuse, ck: &mut Checker) -> AbuseConfig {
+    let d = AbuseConfig::default();
+    let ban_after_auth_failures = raw
+        .ban_after_auth_failures
+        .unwrap_or(d.ban_after_auth_failures);
+    let at_least_a_second = |s: String| {
+        let t = parse_duration(&s)?;
+        if t < Duration::from_secs(1) {
+            return Err(format!("{s:?} is shorter than \"1s\""));
+        }
+        Ok(t)
+    };
+    let ban_window = value(
+        ck,
+        "abuse.ban_window",
+        raw.ban_window,
+        d.ban_window,
+        at_least_a_second,
+    );
+    let ban_time = value(
+        ck,
+        "abuse.ban_time",
+        raw.ban_time,
+        d.ban_time,
+        at_least_a_second,
+    );
+    let max_tracked = value(
+        ck,
+        "abuse.max_tracked",
+        raw.max_tracked,
+        d.max_tracked,
+        |n| {
+            if (1..=MAX_MAX_TRACKED).contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!("{n} is outside 1 ..= {MAX_MAX_TRACKED}"))
+            }
+        },
+    );
+    let drop_scanners = raw.drop_scanners.unwrap_or(d.drop_scanners);
+    let scanner_user_agents = list(
+        ck,
+        "abuse.scanner_user_agents",
+        raw.scanner_user_agents,
+        d.scanner_user_agents,
+        |s| {
+            if s.trim().is_empty() {
+                Err("is empty: it would match every User-Agent".to_owned())
+            } else if s.chars().any(|c| c.is_control()) {
+                Err(format!("{s:?} holds a control character"))
+            } else {
+                Ok(s.trim().to_ascii_lowercase())
+            }
+        },
+    );
+    AbuseConfig {
+        ban_after_auth_failures,
+        ban_window,
+        ban_time,
+        max_tracked,
+        drop_scanners,
+        scanner_user_agents,
+    }
+}
+
 /// Checks that relate keys of different tables.
 fn check_across_tables(config: &Config, ck: &mut Checker) {
     if config.live.low_credit_threshold.is_some() && config.credit.source != SourceKind::Redis {
@@ -2008,6 +2176,15 @@ impl From<&Config> for RawConfig {
             format: Some(c.log.format),
             refusal_lines_per_second: Some(c.log.refusal_lines_per_second),
         };
+        let a = &c.abuse;
+        let abuse = RawAbuse {
+            ban_after_auth_failures: Some(a.ban_after_auth_failures),
+            ban_window: Some(format_duration(a.ban_window)),
+            ban_time: Some(format_duration(a.ban_time)),
+            max_tracked: Some(a.max_tracked),
+            drop_scanners: Some(a.drop_scanners),
+            scanner_user_agents: Some(a.scanner_user_agents.clone()),
+        };
         RawConfig {
             sip: Some(sip),
             credit: Some(credit),
@@ -2016,6 +2193,7 @@ impl From<&Config> for RawConfig {
             reply: Some(reply),
             admin: Some(admin),
             log: Some(log),
+            abuse: Some(abuse),
         }
     }
 }
@@ -2130,8 +2308,8 @@ mod tests {
             let doc: toml::Table = toml::from_str(example).unwrap();
             let mut paths = vec![String::new()];
             tables("", &doc, &mut paths);
-            // 7 tables + the root + 7 reply entries
-            assert_eq!(paths.len(), 15, "{paths:?}");
+            // 8 tables + the root + 7 reply entries
+            assert_eq!(paths.len(), 16, "{paths:?}");
             for path in paths {
                 let mut doc = doc.clone();
                 let segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
@@ -2568,7 +2746,7 @@ listen = \"localhost\"
         assert_eq!(s.secret, "");
         assert_eq!(s.secret_file, None);
         assert_eq!(s.recv_buffer, 8 * 1024 * 1024);
-        assert_eq!(s.source_pps_limit, 0);
+        assert_eq!(s.source_pps_limit, 2000);
 
         let cr = &c.credit;
         assert_eq!(cr.source, SourceKind::File);
@@ -2797,6 +2975,44 @@ listen = \"localhost\"
             ok(&with("[log]\nformat = \"json\"\n")).log.format,
             LogFormat::Json
         );
+    }
+
+    #[test]
+    fn abuse_keys() {
+        let a = ok(MINIMAL).abuse;
+        assert_eq!(a.ban_after_auth_failures, 30);
+        assert_eq!(a.ban_window, Duration::from_secs(60));
+        assert_eq!(a.ban_time, Duration::from_secs(900));
+        assert_eq!(a.max_tracked, 65_536);
+        assert!(a.drop_scanners);
+        assert!(a
+            .scanner_user_agents
+            .iter()
+            .any(|u| u == "friendly-scanner"));
+        let a = ok(&with(
+            "[abuse]\nban_after_auth_failures = 0\nscanner_user_agents = [\"EvilBot\"]\n",
+        ))
+        .abuse;
+        assert_eq!(a.ban_after_auth_failures, 0);
+        assert_eq!(a.scanner_user_agents, ["evilbot"]);
+        for (text, key) in [
+            ("ban_window = \"0s\"", "abuse.ban_window"),
+            ("ban_window = \"soon\"", "abuse.ban_window"),
+            ("ban_time = \"500ms\"", "abuse.ban_time"),
+            ("max_tracked = 0", "abuse.max_tracked"),
+            ("max_tracked = 20000000", "abuse.max_tracked"),
+            (
+                "ban_after_auth_failures = -1",
+                "abuse.ban_after_auth_failures",
+            ),
+            (
+                "scanner_user_agents = [\"ok\", \" \"]",
+                "abuse.scanner_user_agents[1]",
+            ),
+            ("drop_scanners = \"yes\"", "abuse.drop_scanners"),
+        ] {
+            problem_at(&with(&format!("[abuse]\n{text}\n")), key);
+        }
     }
 
     #[test]

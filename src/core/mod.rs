@@ -16,6 +16,7 @@ pub mod keys;
 pub mod policy;
 pub mod proxy;
 pub mod scan;
+pub mod scanner;
 pub mod splice;
 
 use std::net::SocketAddr;
@@ -188,10 +189,12 @@ pub enum DropReason {
     AckAbsorbed,
     /// An ACK that would need an error reply (ACKs are never answered).
     AckRejected,
+    /// A request from a known scanner's User-Agent (`[abuse] drop_scanners`).
+    Scanner,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::KeepAlive,
         DropReason::Unparseable,
         DropReason::Malformed,
@@ -202,6 +205,7 @@ impl DropReason {
         DropReason::NoEgress,
         DropReason::AckAbsorbed,
         DropReason::AckRejected,
+        DropReason::Scanner,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -215,6 +219,7 @@ impl DropReason {
             DropReason::NoEgress => "no_egress",
             DropReason::AckAbsorbed => "ack_absorbed",
             DropReason::AckRejected => "ack_rejected",
+            DropReason::Scanner => "scanner",
         }
     }
 }

@@ -62,6 +62,9 @@ pub struct Policy {
     pub enforce: bool,
     /// How long a Route token stays valid, in minutes (`[live] call_expiry`, rounded up).
     pub token_life_min: u64,
+    /// Lower-case User-Agent substrings of scanners whose requests are dropped; empty when
+    /// `[abuse] drop_scanners` is off (`scanner.rs`).
+    pub scanner_agents: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +174,15 @@ impl Policy {
             on_no_snapshot: cfg.credit.on_no_snapshot,
             enforce: cfg.credit.enforce,
             token_life_min: cfg.live.call_expiry.as_secs().div_ceil(60).max(1),
+            scanner_agents: if cfg.abuse.drop_scanners {
+                cfg.abuse
+                    .scanner_user_agents
+                    .iter()
+                    .map(|s| s.to_ascii_lowercase().into_bytes())
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 

@@ -54,6 +54,12 @@ pub fn handle<'a>(pkt: Packet<'a>, snap: &Snapshot, policy: &Policy) -> Outcome<
         } => {
             let (method, uri) = (method.clone(), uri.clone());
             let class = MethodClass::of_method(&msg.buf[method.clone()]);
+            if super::scanner::is_scanner(&msg, pkt.source.ip(), policy) {
+                return Outcome {
+                    method: class,
+                    ..Outcome::drop(DropReason::Scanner)
+                };
+            }
             Outcome {
                 method: class,
                 ..handle_request(&msg, method, uri, pkt, snap, policy)

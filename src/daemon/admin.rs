@@ -7,6 +7,8 @@
 //! | `GET /metrics` | Prometheus text (OpenMetrics when asked for), see [`super::metrics`] |
 //! | `GET /accounts/{id}` | JSON: the snapshot entry, available credit, the decision a new call of the account would get now |
 //! | `POST /refresh` | a full refresh now; `?force=1` applies one the shrink guard held back |
+//! | `GET /bans` | JSON: the sources banned for authentication failures (`[abuse]`, `ban.rs`) |
+//! | `DELETE /bans/{ip}` | lifts the ban of `ip` (its IPv6 /64); 404 when it was not banned |
 //!
 //! With `admin.token_file` set, every route but `/health` and `/ready` needs
 //! `Authorization: Bearer TOKEN` (probes of load balancers and orchestrators rarely carry
@@ -129,6 +131,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(get_metrics))
         .route("/accounts/{id}", get(get_account))
         .route("/refresh", post(post_refresh))
+        .route("/bans", get(get_bans))
+        .route("/bans/{ip}", axum::routing::delete(delete_ban))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
     Router::new()
         .route("/health", get(get_health))
@@ -322,6 +326,55 @@ async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) 
         "snapshot": snapshot,
     });
     (StatusCode::OK, Json(body)).into_response()
+}
+
+/// `GET /bans`: every ban in force, soonest to end first.
+async fn get_bans(State(st): State<Arc<AdminState>>) -> Response {
+    let now = Instant::now();
+    let bans: Vec<Value> = st
+        .shared
+        .bans
+        .list(now)
+        .iter()
+        .map(|b| {
+            json!({
+                "address": b.address.to_string(),
+                "failures": b.failures,
+                "banned_for_s": now.saturating_duration_since(b.since).as_secs(),
+                "expires_in_s": b.until.saturating_duration_since(now).as_secs(),
+            })
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        Json(json!({ "count": bans.len(), "bans": bans })),
+    )
+        .into_response()
+}
+
+/// `DELETE /bans/{ip}`: lifts one ban.
+async fn delete_ban(State(st): State<Arc<AdminState>>, Path(ip): Path<String>) -> Response {
+    let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "not an IP address" })),
+        )
+            .into_response();
+    };
+    if st.shared.bans.lift(addr) {
+        tracing::info!(address = %addr, "admin API: ban lifted");
+        (
+            StatusCode::OK,
+            Json(json!({ "address": addr.to_string(), "lifted": true })),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "address": addr.to_string(), "lifted": false, "error": "not banned" })),
+        )
+            .into_response()
+    }
 }
 
 /// `force=1` / `force=true` / `force` in a query string.

@@ -2,7 +2,8 @@
 //! in one place. Counters are plain atomics (no lock, no allocation per packet).
 //!
 //! What the log may cost (SPEC section 6, "Values from the network"): a value from the network
-//! (Call-ID, account id) is logged through [`Quoted`], at most [`MAX_QUOTED`] bytes, escaped;
+//! (the Call-ID) is logged through [`Quoted`], at most [`MAX_QUOTED`] bytes, escaped (an account
+//! id is only ever one of the snapshot's, at most 128 printable bytes, checked at load);
 //! refusal lines pass the [`LineLimiter`] (`[log] refusal_lines_per_second`), and what it holds
 //! back is counted and summed up once a second. The lines go to a non-blocking writer
 //! (`logging.rs`), so none of this ever waits for stderr.
@@ -153,7 +154,7 @@ pub struct Counters {
     pub would_refuse: [Counter; 7],
     pub passed: [Counter; 6],
     pub answered: [Counter; 9],
-    pub dropped: [Counter; 10],
+    pub dropped: [Counter; DropReason::ALL.len()],
     pub send_errors: Counter,
     /// Datagrams by method (rows, [`MethodClass::ALL`] order) and outcome (columns,
     /// [`OUTCOMES`] order).
@@ -254,7 +255,7 @@ pub fn record(
         Event::Admitted { account, call_id } => {
             c.admitted.inc();
             tracing::debug!(
-                account = %Quoted(account.as_ref().map_or(b"-", |a| a.as_str().as_bytes())),
+                account = account.as_ref().map_or("-", |a| a.as_str()),
                 call_id = %Quoted(call_id),
                 %source,
                 "admitted"
@@ -272,7 +273,7 @@ pub fn record(
                 return finish(c, took);
             }
             tracing::info!(
-                account = %Quoted(account.as_ref().map_or(b"-", |a| a.as_str().as_bytes())),
+                account = account.as_ref().map_or("-", |a| a.as_str()),
                 cause = cause.as_str(),
                 call_id = %Quoted(call_id),
                 %source,
@@ -291,7 +292,7 @@ pub fn record(
                 return finish(c, took);
             }
             tracing::info!(
-                account = %Quoted(account.as_ref().map_or(b"-", |a| a.as_str().as_bytes())),
+                account = account.as_ref().map_or("-", |a| a.as_str()),
                 cause = cause.as_str(),
                 call_id = %Quoted(call_id),
                 %source,

@@ -112,7 +112,7 @@ impl Limiter {
 }
 
 /// The address a source is counted under: IPv4 (also when IPv4-mapped), or the IPv6 /64.
-fn source_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

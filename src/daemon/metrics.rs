@@ -297,6 +297,35 @@ impl CreditgateCollector {
             None,
             c.flood_dropped.get(),
         )?;
+        let bans = &self.shared.bans;
+        gauge(
+            enc,
+            "creditgate_bans_active",
+            "Source addresses banned now for authentication failures ([abuse]; GET /bans lists them).",
+            None,
+            i64::try_from(bans.active()).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            enc,
+            "creditgate_bans_issued",
+            "Bans issued after [abuse] ban_after_auth_failures authentication failures of one source.",
+            None,
+            bans.issued.get(),
+        )?;
+        counter(
+            enc,
+            "creditgate_ban_drops",
+            "Datagrams dropped on arrival because their source was banned.",
+            None,
+            bans.dropped.get(),
+        )?;
+        counter(
+            enc,
+            "creditgate_bans_refused",
+            "Bans not issued because the ban table was full ([abuse] max_tracked).",
+            None,
+            bans.refused_full.get(),
+        )?;
         counter(
             enc,
             "creditgate_log_lines_suppressed",

@@ -5,6 +5,7 @@
 //! and a shutdown token.
 
 pub mod admin;
+pub mod ban;
 pub mod events;
 pub mod flood;
 pub mod logging;
@@ -81,6 +82,8 @@ pub struct Shared {
     pub policy: ArcSwap<Policy>,
     pub counters: events::Counters,
     pub started: Instant,
+    /// Bans after authentication failures (`[abuse]`, `ban.rs`).
+    pub bans: ban::Bans,
 }
 
 /// Name of the packet runtime's threads (`top -H`, `ps -L`; at most 15 bytes on Linux).
@@ -173,6 +176,7 @@ pub async fn run(
         policy: ArcSwap::from_pointee(policy),
         counters: events::Counters::default(),
         started,
+        bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
     });
     shared
         .counters
@@ -332,6 +336,9 @@ impl Reloader {
                 match Policy::new(&new, old.keys.clone(), old.listeners.clone()) {
                     Ok(policy) => {
                         self.shared.policy.store(Arc::new(policy));
+                        self.shared
+                            .bans
+                            .configure(ban::BanSettings::from(&new.abuse));
                         self.ops.reloads_applied.inc();
                         for key in restart_needed(&self.running, &new) {
                             tracing::warn!(key, "SIGHUP: this setting changed but needs a restart; the running value stays");
@@ -429,6 +436,7 @@ pub(crate) fn test_shared(bound: &[std::net::SocketAddr]) -> Arc<Shared> {
         policy: ArcSwap::from_pointee(policy),
         counters: events::Counters::default(),
         started,
+        bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
     })
 }
 

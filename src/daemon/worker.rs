@@ -16,10 +16,11 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::ban;
 use super::flood::{self, Verdict};
 use super::net::SocketGroup;
 use super::{events, Shared};
-use crate::core::{self, Action, Packet};
+use crate::core::{self, Action, Event, Packet, PassKind};
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -166,6 +167,11 @@ async fn serve(task: Task, shutdown: CancellationToken) {
             }
         };
         let start = Instant::now();
+        // A banned source (`ban.rs`): one atomic load while no ban is active.
+        if shared.bans.is_banned(source.ip(), start) {
+            shared.bans.dropped.inc();
+            continue;
+        }
         // The wall clock the core dates and checks Route tokens with (SPEC 6); read here, never
         // in the core.
         let wall_secs = std::time::SystemTime::now()
@@ -202,6 +208,19 @@ async fn serve(task: Task, shutdown: CancellationToken) {
             source,
             start,
         );
+        if let (Event::Passed(PassKind::Response), Action::Forward { to, bytes, .. }) =
+            (&outcome.event, &outcome.action)
+        {
+            let banned = ban::observe_response(&shared.bans, &policy, *to, bytes, start);
+            if let Some(b) = banned.filter(|_| shared.bans.log_allowed(start)) {
+                tracing::warn!(
+                    address = %b.address,
+                    failures = b.failures,
+                    ban_s = b.until.saturating_duration_since(b.since).as_secs(),
+                    "banned: authentication failures from this source ([abuse] ban_after_auth_failures); lift with DELETE /bans/{{ip}}"
+                );
+            }
+        }
         match outcome.action {
             Action::Forward { from, to, bytes } | Action::Reply { from, to, bytes } => {
                 let out = if from == local {

@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bans;
 mod flood;
 mod hardening;
 mod harness;
@@ -21,6 +22,7 @@ mod redis;
 mod reveal;
 mod sched;
 mod sipp;
+mod sipvicious;
 mod snapshot_races;
 mod spiral;
 mod uri;

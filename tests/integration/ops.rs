@@ -628,6 +628,18 @@ impl Spawned {
     fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Polls the log until `needle` occurs `count` times; false after `timeout`.
+    fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.log().matches(needle).count() < count {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
 }
 
 impl Drop for Spawned {
@@ -746,6 +758,7 @@ fn systemd_notify_ready_watchdog_reload_stop() {
         notify_wait(&sock, "READY=1", SLOW, &mut seen),
         "no READY=1; got {seen:?}"
     );
+    let ready_at = std::time::SystemTime::now();
     assert!(
         !seen.iter().any(|m| m.contains("WATCHDOG=1")),
         "WATCHDOG=1 before READY=1: {seen:?}"
@@ -757,9 +770,22 @@ fn systemd_notify_ready_watchdog_reload_stop() {
             .any(|l| l.starts_with("STATUS=serving")),
         "{seen:?}"
     );
-    // READY=1 means the sockets are bound and the first snapshot attempt is done.
+    // READY=1 means the sockets are bound and the first snapshot attempt is done. The log is
+    // written by a thread of its own, a moment later: wait for the line, then compare its
+    // timestamp (taken when the refresh logged it) with the arrival of READY=1.
     assert!(
-        d.log().contains("snapshot refreshed"),
+        d.wait_for_log("snapshot refreshed", 1, SLOW),
+        "no snapshot refresh logged"
+    );
+    let refreshed_at = d
+        .log()
+        .lines()
+        .find(|l| l.contains("snapshot refreshed"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .expect("a timestamped refresh line");
+    assert!(
+        refreshed_at <= ready_at,
         "READY=1 before the first snapshot attempt"
     );
 

@@ -495,12 +495,39 @@ fn refused_call_ids(log: &str, account: &str, cause: &str) -> HashSet<String> {
         .collect()
 }
 
-/// The test config with the switch on [`SWITCH_IP`]`:switch_port`.
+/// The test config with the switch on [`SWITCH_IP`]`:switch_port`, every refusal logged (the
+/// tests count refusal lines; `[log] refusal_lines_per_second` would hold most back at 100
+/// calls/s).
 fn config(switch_port: u16, refresh_interval: &str) -> String {
-    test_config(
+    every_refusal_logged(test_config(
         free_udp_port(DAEMON_IP),
         SocketAddr::new(SWITCH_IP, switch_port),
         refresh_interval,
+    ))
+}
+
+/// [`refused_call_ids`] once at least `want` of them are in the log (the log is written by a
+/// thread of its own, a moment after the reply left), or what is there after [`WAIT`].
+fn refused_call_ids_at_least(
+    daemon: &Daemon,
+    account: &str,
+    cause: &str,
+    want: usize,
+) -> HashSet<String> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let ids = refused_call_ids(&daemon.log(), account, cause);
+        if ids.len() >= want || std::time::Instant::now() >= deadline {
+            return ids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn every_refusal_logged(config: String) -> String {
+    config.replace(
+        "[log]\nlevel = \"info\"",
+        "[log]\nlevel = \"info\"\nrefusal_lines_per_second = 1000000",
     )
 }
 
@@ -533,7 +560,10 @@ fn sipp_200_refused_calls_each_get_402_and_never_reach_the_switch() {
     }
     let switch = Switch::bind();
     let port = free_udp_port(DAEMON_IP);
-    let daemon = Daemon::start(&test_config(port, switch.addr(), "60s"), ACCOUNTS);
+    let daemon = Daemon::start(
+        &every_refusal_logged(test_config(port, switch.addr(), "60s")),
+        ACCOUNTS,
+    );
     let dir = daemon.dir().to_path_buf();
     let run = uac(
         &dir,
@@ -559,7 +589,7 @@ fn sipp_200_refused_calls_each_get_402_and_never_reach_the_switch() {
     switch.expect_nothing(QUIET);
     // One refusal per call in the daemon's log, counted by Call-ID (a retransmitted INVITE is
     // refused, and logged, once more).
-    let ids = refused_call_ids(&daemon.log(), "bob", "insufficient_credit");
+    let ids = refused_call_ids_at_least(&daemon, "bob", "insufficient_credit", 200);
     assert_eq!(ids.len(), 200, "distinct Call-IDs refused: {ids:?}");
 }
 
@@ -883,7 +913,7 @@ fn sipp_a_long_call_outlives_its_balance_while_new_calls_of_the_account_get_402(
         }
     }
     // The probe and the three SIPp calls were refused, the long call never.
-    let ids = refused_call_ids(&daemon.log(), "alice", "insufficient_credit");
+    let ids = refused_call_ids_at_least(&daemon, "alice", "insufficient_credit", 4);
     assert_eq!(ids.len(), 4, "alice's refused Call-IDs: {ids:?}");
     assert!(ids.contains(&probe.call_id), "{ids:?}");
     assert!(
