@@ -10,6 +10,7 @@ pub mod flood;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod preflight;
 pub mod refresh;
 pub mod systemd;
 pub mod worker;
@@ -23,7 +24,6 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::core::keys::Keys;
 use crate::core::Policy;
 use crate::snapshot::Snapshot;
 
@@ -36,43 +36,8 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    /// The secret file could not be read.
-    #[error("cannot read sip.secret_file {}", .path.display())]
-    Secret {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Policy(#[from] crate::core::PolicyError),
-}
-
-/// Reads the HMAC key: inline secret, secret file, or a random key with a warning.
-pub fn load_keys(cfg: &Config) -> Result<Keys, StartError> {
-    if !cfg.sip.secret.is_empty() {
-        return Ok(Keys::new(cfg.sip.secret.as_bytes()));
-    }
-    if let Some(path) = &cfg.sip.secret_file {
-        let bytes = std::fs::read(path).map_err(|source| StartError::Secret {
-            path: path.clone(),
-            source,
-        })?;
-        let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-        return Ok(Keys::new(trimmed));
-    }
-    let mut key = [0u8; 32];
-    if getrandom::fill(&mut key).is_err() {
-        // Extremely unlikely; fall back to time-derived entropy rather than refuse to start.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        key[..16].copy_from_slice(&t.to_le_bytes());
-        key[16..20].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    tracing::warn!(
-        "no sip.secret or sip.secret_file: using a random key for this run; Record-Route tokens of calls in progress will not survive a restart"
-    );
-    Ok(Keys::new(&key))
 }
 
 /// Shared state handed to every task.
@@ -152,6 +117,7 @@ pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// their receive tasks.
 pub async fn run(
     cfg: Config,
+    prepared: preflight::Prepared,
     config_path: PathBuf,
     packet: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
@@ -166,8 +132,12 @@ pub async fn run(
     for l in &listeners {
         tracing::info!(bound = %l.bound, advertised = %format!("{}:{}", l.advertised_host, l.advertised_port), workers, "listening");
     }
-    let keys = load_keys(&cfg)?;
-    let policy = Policy::new(&cfg, keys, listeners)?;
+    if prepared.key_source == preflight::KeySource::Random {
+        tracing::warn!(
+            "no sip.secret or sip.secret_file: using a random key for this run; Record-Route tokens of calls in progress will not survive a restart"
+        );
+    }
+    let policy = Policy::new(&cfg, prepared.keys, listeners)?;
     let shared = Arc::new(Shared {
         snapshot: Arc::new(Snapshot::new(started)),
         policy: ArcSwap::from_pointee(policy),
@@ -417,7 +387,12 @@ pub(crate) fn test_shared(bound: &[std::net::SocketAddr]) -> Arc<Shared> {
             advertised_port: b.port(),
         })
         .collect();
-    let policy = Policy::new(&cfg, Keys::new(b"0123456789abcdef-test"), listeners).unwrap();
+    let policy = Policy::new(
+        &cfg,
+        crate::core::keys::Keys::new(b"0123456789abcdef-test"),
+        listeners,
+    )
+    .unwrap();
     let started = Instant::now();
     Arc::new(Shared {
         snapshot: Arc::new(Snapshot::new(started)),

@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod docs;
 mod flood;
 mod harness;
 mod ops;
@@ -18,3 +19,4 @@ mod proxy;
 mod redis;
 mod sched;
 mod sipp;
+mod startup;
