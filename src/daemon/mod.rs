@@ -30,6 +30,17 @@ use crate::snapshot::Snapshot;
 /// Errors that stop the daemon before it serves.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Another creditgate holds this listen address (one daemon per SIP address).
+    #[error(
+        "cannot bind {addr}: another creditgate is listening there (one daemon per SIP address)"
+    )]
+    Locked { addr: std::net::SocketAddr },
+    /// A socket of another process holds the address (or the wildcard address of its port).
+    #[error("cannot bind {addr}: the address is in use by another socket")]
+    InUse {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     /// A listen address could not be bound (in use, no permission for ports < 1024).
     #[error("cannot bind {addr}")]
     Bind {
@@ -123,7 +134,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let workers = net::worker_count(cfg.sip.workers);
-    let sockets = {
+    // The locks keep other creditgate processes off these addresses until `run` returns.
+    let (sockets, _address_locks) = {
         // The sockets register with the reactor of the runtime they are made in.
         let _packet = packet.enter();
         net::bind_all(&cfg, workers).context("binding the SIP sockets")?

@@ -455,6 +455,19 @@ fn bound_from_log(log: &str) -> Option<SocketAddr> {
                 .find_map(|w| w.strip_prefix("bound="))
                 .and_then(|a| a.parse().ok())
         })
+        .map(contactable)
+}
+
+/// `a` with an unspecified IP (0.0.0.0, ::) replaced by the loopback address of its family.
+fn contactable(mut a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() {
+            DAEMON_IP
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        });
+    }
+    a
 }
 
 fn strip_ansi(s: &str) -> String {
