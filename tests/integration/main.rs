@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bind;
+mod cli;
 mod docs;
 mod flood;
 mod harness;
