@@ -83,11 +83,13 @@ fn accounts_set_and_import_refuse_the_file_source() {
     }
 }
 
-/// Runs `creditgate ARGS` with stdout a pipe whose reading end is already closed (what `| head
-/// -1` leaves once head exits): every write fails with EPIPE.
+/// Runs `creditgate ARGS` with stdout a stream whose reading end is already closed (what `| head
+/// -1` leaves once head exits): every write fails with EPIPE. (A socket pair rather than a pipe:
+/// `std::io::pipe` is newer than the crate's MSRV; a stream socket fails writes the same way.)
 fn run_into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
     drop(reader);
+    let writer = std::os::fd::OwnedFd::from(writer);
     let out = Command::new(BIN)
         .args(args)
         .env("NO_COLOR", "1")
