@@ -1802,8 +1802,31 @@ pub fn format_size(bytes: u64) -> String {
 
 /// Parses a human duration such as `"60s"`, `"5m"`, `"1h 30m"` or `"250ms"` (humantime).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}); write it like \"60s\" or \"5m\""))
+    let text = s.trim();
+    humantime::parse_duration(text).map_err(|e| {
+        use humantime::DurationError as E;
+        // The word at a byte position of `text` (humantime reports positions, not words).
+        let word_at = |i: usize| {
+            text.get(i..)
+                .unwrap_or_default()
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let why = match e {
+            E::Empty => "it is empty".to_owned(),
+            E::NumberOverflow => "it is too large".to_owned(),
+            E::UnknownUnit { unit, .. } => format!("unknown unit {unit:?}"),
+            E::InvalidCharacter(i) | E::NumberExpected(i) => {
+                format!("{:?} is not a number with a unit", word_at(i))
+            }
+        };
+        format!(
+            "{s:?} is not a duration ({why}); write numbers with units, like \"60s\", \"5m\", \
+             \"1h 30m\" or \"250ms\""
+        )
+    })
 }
 
 /// Formats a duration the way [`parse_duration`] reads it (`"1m"`, `"1h 30m"`, `"0s"`).

@@ -969,13 +969,16 @@ fn torture_over_udp() {
     ports.dedup();
     let mut peers = Peers::bind(ports);
     let switch = harness::Switch::bind();
-    let port = harness::free_udp_port(harness::DAEMON_IP);
     // Every case is fenced by a ping from one source, far above a customer's rate: no flood
     // guard (its default would drop some).
-    let config = harness::test_config(port, switch.addr(), "60s")
-        .replace("workers = 2", "workers = 1\nsource_pps_limit = 0");
+    let config = harness::test_config(0, switch.addr(), "60s").replace(
+        "workers = 2",
+        "workers = 1
+source_pps_limit = 0",
+    );
     let mut daemon = harness::Daemon::start(&config, ACCOUNTS);
     peers.daemon = daemon.sip_addr();
+    let port = daemon.sip_addr().port();
     let w = World::new(port, switch.addr());
     let mut failures = Vec::new();
 

@@ -24,12 +24,19 @@ use clap::Subcommand;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
-use creditgate::config::Config;
+use creditgate::config::{Config, SourceKind};
 use creditgate::credit::{valid_account_id, Account};
 use creditgate::source::redis::{
     account_key, parse_record, updates_channel, Record, ACCOUNT_FIELDS, CONNECT_TIMEOUT,
     RESPONSE_TIMEOUT, SCAN_COUNT,
 };
+
+/// `println!` that returns the write error (a closed pipe, `| head -1`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
 
 /// Rows written per pipelined batch: one round trip per 1000 `HSET`s.
 pub const IMPORT_BATCH: usize = 1000;
@@ -92,7 +99,12 @@ pub enum AccountsCmd {
 }
 
 /// Runs an `accounts` subcommand; `Ok(false)` = finished but with refused input (exit 1).
-pub fn run(cmd: AccountsCmd, cfg: &Config) -> anyhow::Result<bool> {
+/// With `credit.source = "file"`, `show` and `list` read the accounts file and `import`/`set`
+/// refuse (they write to Redis, which this configuration does not use).
+pub fn run(cmd: AccountsCmd, cfg: &Config, config_path: &Path) -> anyhow::Result<bool> {
+    if cfg.credit.source == SourceKind::File {
+        return file_source(cmd, cfg, config_path);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -438,14 +450,14 @@ async fn import(
     if progress {
         eprint!("\r\x1b[K");
     }
-    println!(
+    out!(
         "imported {}: {} written, {} refused, {rows} rows",
         file.display(),
         st.written,
         st.refused
     );
     if st.written > 0 && !publish {
-        println!("running daemons apply the rows at their next full refresh (or use --publish)");
+        out!("running daemons apply the rows at their next full refresh (or use --publish)");
     }
     Ok(st.refused == 0)
 }
@@ -518,7 +530,7 @@ async fn import_toml(
     }
     st.flush().await?;
     let total = report.accounts.len() + report.bad.len();
-    println!(
+    out!(
         "imported {}: {} written, {} refused, {total} accounts",
         file.display(),
         st.written,
@@ -577,12 +589,12 @@ async fn set(
             .query_async(conn)
             .await
             .context("PUBLISH")?;
-        println!(
+        out!(
             "{verb} {key}; published on {} ({receivers} subscriber(s))",
             updates_channel(prefix)
         );
     } else {
-        println!("{verb} {key} (not published: daemons apply it at their next full refresh)");
+        out!("{verb} {key} (not published: daemons apply it at their next full refresh)");
     }
     Ok(())
 }
@@ -611,23 +623,23 @@ async fn show(conn: &mut MultiplexedConnection, prefix: &str, id: &str) -> anyho
         _ => Vec::new(),
     };
     if fields.is_empty() {
-        println!("{key}: no such account");
+        out!("{key}: no such account");
         return Ok(false);
     }
-    println!("{key}");
+    out!("{key}");
     for name in FIELDS {
         if let Some((_, v)) = fields.iter().find(|(k, _)| k == name) {
-            println!("  {name} = {v:?}");
+            out!("  {name} = {v:?}");
         }
     }
     for (k, v) in &fields {
         if !FIELDS.contains(&k.as_str()) {
-            println!("  {k} = {v:?}  (not used by creditgate)");
+            out!("  {k} = {v:?}  (not used by creditgate)");
         }
     }
     match parse_record(id, Ok(raw)) {
         Record::Good(a) => {
-            println!(
+            out!(
                 "valid: available credit {} ({})",
                 a.available(),
                 if a.enabled { "enabled" } else { "disabled" }
@@ -635,9 +647,10 @@ async fn show(conn: &mut MultiplexedConnection, prefix: &str, id: &str) -> anyho
             Ok(true)
         }
         Record::Bad(b) => {
-            println!(
+            out!(
                 "INVALID: field `{}`: {} (the daemon refuses this account's calls)",
-                b.field, b.reason
+                b.field,
+                b.reason
             );
             Ok(false)
         }
@@ -710,4 +723,105 @@ async fn list(
     out.flush()?;
     eprintln!("{} account(s)", ids.len());
     Ok(())
+}
+
+/// `accounts` under a configuration with the `file` credit source: `show` and `list` read
+/// `credit.file` (the daemon's view of it: bad records are named), `import` and `set` refuse.
+fn file_source(cmd: AccountsCmd, cfg: &Config, config_path: &Path) -> anyhow::Result<bool> {
+    let file = &cfg.credit.file;
+    let which = match &cmd {
+        AccountsCmd::Import { .. } => "import",
+        AccountsCmd::Set { .. } => "set",
+        AccountsCmd::Show { .. } | AccountsCmd::List { .. } => "",
+    };
+    if !which.is_empty() {
+        bail!(
+            "{} uses the file credit source (credit.source = \"file\", credit.file = {}): \
+             `accounts {which}` writes to Redis; edit that file instead (the daemon re-reads it \
+             every credit.refresh_interval and on SIGHUP), or pass --config a configuration \
+             with credit.source = \"redis\"",
+            config_path.display(),
+            file.display()
+        );
+    }
+    eprintln!(
+        "{} uses the file credit source: reading {}",
+        config_path.display(),
+        file.display()
+    );
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read credit.file {}", file.display()))?;
+    let report = creditgate::source::file::parse_accounts(&text, file)?;
+    match cmd {
+        AccountsCmd::Show { id } => {
+            let table: toml::Table = text.parse().context("credit.file")?;
+            let entry = table
+                .get("account")
+                .and_then(|a| a.as_array())
+                .and_then(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_table())
+                        .find(|t| t.get("id").and_then(|v| v.as_str()) == Some(id.as_str()))
+                });
+            let Some(entry) = entry else {
+                out!("{}: account {id}: no such account", file.display());
+                return Ok(false);
+            };
+            out!("{}: account {id}", file.display());
+            for (k, v) in entry {
+                if k != "id" {
+                    out!("  {k} = {v}");
+                }
+            }
+            if let Some(bad) = report.bad.iter().find(|b| b.id == id) {
+                out!(
+                    "INVALID: field `{}`: {} (the daemon refuses this account's calls)",
+                    bad.field,
+                    bad.reason
+                );
+                return Ok(false);
+            }
+            match report.accounts.iter().find(|a| &*a.id == id.as_str()) {
+                Some(a) => {
+                    out!(
+                        "valid: available credit {} ({})",
+                        a.available(),
+                        if a.enabled { "enabled" } else { "disabled" }
+                    );
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        }
+        AccountsCmd::List { ids_only } => {
+            let mut accounts: Vec<&Account> = report.accounts.iter().collect();
+            accounts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            if !ids_only {
+                writeln!(out, "id\tbalance\tdebit_limit\tenabled")?;
+            }
+            for a in &accounts {
+                if ids_only {
+                    writeln!(out, "{}", a.id)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        a.id,
+                        a.balance,
+                        a.debit_limit,
+                        u8::from(a.enabled)
+                    )?;
+                }
+            }
+            out.flush()?;
+            for bad in &report.bad {
+                eprintln!("{}: {bad} (bad record, left out)", file.display());
+            }
+            eprintln!("{} account(s)", accounts.len());
+            Ok(report.bad.is_empty())
+        }
+        AccountsCmd::Import { .. } | AccountsCmd::Set { .. } => Ok(false),
+    }
 }

@@ -11,6 +11,7 @@ pub mod flood;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod preflight;
 pub mod refresh;
 pub mod systemd;
 pub mod worker;
@@ -24,56 +25,31 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::core::keys::Keys;
 use crate::core::Policy;
 use crate::snapshot::Snapshot;
 
 /// Errors that stop the daemon before it serves.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Another creditgate holds this listen address (one daemon per SIP address).
+    #[error(
+        "cannot bind {addr}: another creditgate is listening there (one daemon per SIP address)"
+    )]
+    Locked { addr: std::net::SocketAddr },
+    /// A socket of another process holds the address (or the wildcard address of its port).
+    #[error("cannot bind {addr}: the address is in use by another socket")]
+    InUse {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     /// A listen address could not be bound (in use, no permission for ports < 1024).
     #[error("cannot bind {addr}")]
     Bind {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    /// The secret file could not be read.
-    #[error("cannot read sip.secret_file {}", .path.display())]
-    Secret {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Policy(#[from] crate::core::PolicyError),
-}
-
-/// Reads the HMAC key: inline secret, secret file, or a random key with a warning.
-pub fn load_keys(cfg: &Config) -> Result<Keys, StartError> {
-    if !cfg.sip.secret.is_empty() {
-        return Ok(Keys::new(cfg.sip.secret.as_bytes()));
-    }
-    if let Some(path) = &cfg.sip.secret_file {
-        let bytes = std::fs::read(path).map_err(|source| StartError::Secret {
-            path: path.clone(),
-            source,
-        })?;
-        let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-        return Ok(Keys::new(trimmed));
-    }
-    let mut key = [0u8; 32];
-    if getrandom::fill(&mut key).is_err() {
-        // Extremely unlikely; fall back to time-derived entropy rather than refuse to start.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        key[..16].copy_from_slice(&t.to_le_bytes());
-        key[16..20].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    tracing::warn!(
-        "no sip.secret or sip.secret_file: using a random key for this run; Record-Route tokens of calls in progress will not survive a restart"
-    );
-    Ok(Keys::new(&key))
 }
 
 /// Shared state handed to every task.
@@ -155,12 +131,14 @@ pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// their receive tasks.
 pub async fn run(
     cfg: Config,
+    prepared: preflight::Prepared,
     config_path: PathBuf,
     packet: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let workers = net::worker_count(cfg.sip.workers);
-    let sockets = {
+    // The locks keep other creditgate processes off these addresses until `run` returns.
+    let (sockets, _address_locks) = {
         // The sockets register with the reactor of the runtime they are made in.
         let _packet = packet.enter();
         net::bind_all(&cfg, workers).context("binding the SIP sockets")?
@@ -169,8 +147,12 @@ pub async fn run(
     for l in &listeners {
         tracing::info!(bound = %l.bound, advertised = %format!("{}:{}", l.advertised_host, l.advertised_port), workers, "listening");
     }
-    let keys = load_keys(&cfg)?;
-    let policy = Policy::new(&cfg, keys, listeners)?;
+    if prepared.key_source == preflight::KeySource::Random {
+        tracing::warn!(
+            "no sip.secret or sip.secret_file: using a random key for this run; Record-Route tokens of calls in progress will not survive a restart"
+        );
+    }
+    let policy = Policy::new(&cfg, prepared.keys, listeners)?;
     let shared = Arc::new(Shared {
         snapshot: Arc::new(Snapshot::new(started)),
         policy: ArcSwap::from_pointee(policy),
@@ -429,7 +411,12 @@ pub(crate) fn test_shared(bound: &[std::net::SocketAddr]) -> Arc<Shared> {
             advertised_port: b.port(),
         })
         .collect();
-    let policy = Policy::new(&cfg, Keys::new(b"0123456789abcdef-test"), listeners).unwrap();
+    let policy = Policy::new(
+        &cfg,
+        crate::core::keys::Keys::new(b"0123456789abcdef-test"),
+        listeners,
+    )
+    .unwrap();
     let started = Instant::now();
     Arc::new(Shared {
         snapshot: Arc::new(Snapshot::new(started)),

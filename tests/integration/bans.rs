@@ -23,16 +23,17 @@ fn start(switch: &Switch, abuse: &str) -> (Daemon, SocketAddr, tempfile::TempDir
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let admin = SocketAddr::new(DAEMON_IP, crate::harness::free_tcp_port(DAEMON_IP));
     let config = test_config(0, switch.addr(), "60s").replace(
         "[admin]\nlisten = \"\"",
         &format!(
-            "[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"",
+            "[admin]\nlisten = \"{DAEMON_IP}:0\"\ntoken_file = \"{}\"",
             token_file.display()
         ),
     );
     let config = format!("{config}\n[abuse]\n{abuse}\n");
-    (Daemon::start(&config, ACCOUNTS), admin, token_dir)
+    let daemon = Daemon::start(&config, ACCOUNTS);
+    let admin = daemon.admin_addr();
+    (daemon, admin, token_dir)
 }
 
 fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {

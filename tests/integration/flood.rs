@@ -31,7 +31,7 @@ const RETRANSMIT: Duration = Duration::from_millis(500);
 #[test]
 fn noisy_source_is_limited_and_others_keep_calling() {
     let switch = Switch::bind();
-    let (config, admin) = config_with_admin("60s", switch.addr());
+    let config = config_with_admin("60s", switch.addr());
     let config = config.replace(
         "workers = 2\n",
         &format!("workers = 2\nsource_pps_limit = {LIMIT}\n"),
@@ -40,6 +40,7 @@ fn noisy_source_is_limited_and_others_keep_calling() {
         "{ACCOUNTS}\n[[account]]\nid = \"good\"\nbalance = \"50\"\ndebit_limit = \"0\"\nips = [\"{GOOD_IP}\"]\n"
     );
     let mut daemon = Daemon::start(&config, &accounts);
+    let admin = daemon.admin_addr();
     let to = daemon.sip_addr();
     let noisy = Caller::bind();
     let good = Endpoint::bind(GOOD_IP);

@@ -19,8 +19,7 @@
 //!
 //! ```ignore
 //! let switch = Switch::bind();
-//! let port = free_udp_port(DAEMON_IP);
-//! let daemon = Daemon::start(&test_config(port, switch.addr(), "60s"), ACCOUNTS);
+//! let daemon = Daemon::start(&test_config(0, switch.addr(), "60s"), ACCOUNTS);
 //! let caller = Caller::bind();
 //! let invite = Request::invite(caller.addr(), daemon.sip_addr(), &new_call_id(), "alice");
 //! caller.send(&invite.build(), daemon.sip_addr());
@@ -35,14 +34,13 @@
 
 #![allow(dead_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_parse::{Scrape, Value};
@@ -142,51 +140,21 @@ pub fn accounts_with_balance(id: &str, balance: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Ports
-
-/// Ports handed out by this process, never handed out twice: the daemon binds with
-/// `SO_REUSEPORT`, so two daemons of parallel tests given the same port would both bind it and
-/// share its traffic. Remembering them removes that race within one test binary.
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-fn remember(port: u16) -> bool {
-    let mut g = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    g.get_or_insert_with(HashSet::new).insert(port)
-}
-
-/// A UDP port on `ip` that is free right now (bound to port 0, read back, released) and that
-/// this process has not handed out before. Another process may still take it before the daemon
-/// binds it; that race is small and shows up as a clear bind error in the daemon log.
-pub fn free_udp_port(ip: IpAddr) -> u16 {
-    for _ in 0..100 {
-        let s = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind an ephemeral UDP port");
-        let port = s.local_addr().expect("local_addr").port();
-        if remember(port) {
-            return port;
-        }
-    }
-    panic!("no fresh UDP port on {ip} after 100 tries")
-}
-
-/// A TCP port on `ip` that is free right now (same caveats as [`free_udp_port`]); for the
-/// admin HTTP listener or a `redis-server`.
-pub fn free_tcp_port(ip: IpAddr) -> u16 {
-    for _ in 0..100 {
-        let l = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind an ephemeral TCP port");
-        let port = l.local_addr().expect("local_addr").port();
-        if remember(port) {
-            return port;
-        }
-    }
-    panic!("no fresh TCP port on {ip} after 100 tries")
-}
+//
+// No test picks a port it does not hold: the daemon binds port 0 for SIP and the admin API and
+// logs what it bound ([`Daemon::sip_addr`], [`Daemon::sip_addrs`], [`Daemon::admin_addr`] read
+// it back); callers and fake switches bind port 0 themselves ([`Endpoint::bind`]); a SIPp UAS
+// finds its port by binding it and the test reads it back (`sipp.rs`); `redis-server` listens on
+// a Unix socket (`redis.rs`). A port chosen by a test and bound later by another process could be
+// taken in between by a parallel test (nextest runs each test in a process of its own).
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
 /// A complete daemon config for the tests:
 ///
-/// * `[sip] listen = ["127.0.0.1:{listen_port}"]` (port 0 works too: [`Daemon::start`] then reads
-///   the bound port from the daemon's "listening" log line), `upstream = [upstream]`,
+/// * `[sip] listen = ["127.0.0.1:{listen_port}"]`: pass 0 ([`Daemon::start`] then reads the
+///   bound port from the daemon's "listening" log line), `upstream = [upstream]`,
 ///   `workers = 2`, `secret = SECRET`;
 /// * `[credit] source = "file"`, `file = "accounts.toml"` (written next to the config by
 ///   [`Daemon::start`]), `refresh_interval = refresh_interval` (e.g. `"1s"`, `"60s"`);
@@ -229,6 +197,8 @@ pub struct Daemon {
     dir: TempDir,
     child: Option<Child>,
     sip_addr: SocketAddr,
+    /// Every listen address, bound (port 0 resolved), in `[sip] listen` order.
+    sip_addrs: Vec<SocketAddr>,
 }
 
 impl Daemon {
@@ -254,6 +224,7 @@ impl Daemon {
         fs::write(dir.path().join("creditgate.toml"), config).expect("write the config");
         fs::write(dir.path().join("accounts.toml"), accounts).expect("write the accounts");
         let configured = configured_listen(config);
+        let first = *configured.first().expect("a listen address");
         let log = fs::File::create(dir.path().join("daemon.log")).expect("create daemon.log");
         let out = fs::File::create(dir.path().join("stdout.log")).expect("create stdout.log");
         let mut command = match wrapper.split_first() {
@@ -278,7 +249,8 @@ impl Daemon {
         let mut d = Daemon {
             dir,
             child: Some(child),
-            sip_addr: configured,
+            sip_addr: first,
+            sip_addrs: configured,
         };
         d.wait_ready();
         d
@@ -295,9 +267,11 @@ impl Daemon {
             {
                 self.fail(&format!("the daemon exited during startup ({status})"));
             }
-            if self.sip_addr.port() == 0 {
-                if let Some(a) = bound_from_log(&self.log()) {
-                    self.sip_addr = a;
+            if self.sip_addrs.iter().any(|a| a.port() == 0) {
+                let bound = bound_from_log(&self.log());
+                if bound.len() >= self.sip_addrs.len() {
+                    self.sip_addrs = bound;
+                    self.sip_addr = self.sip_addrs[0];
                 }
             }
             if self.sip_addr.port() != 0
@@ -329,6 +303,31 @@ impl Daemon {
     /// The address callers send SIP to (the daemon's first listen socket).
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip_addr
+    }
+
+    /// Every listen socket's address, in `[sip] listen` order (0.0.0.0 / :: as loopback).
+    pub fn sip_addrs(&self) -> &[SocketAddr] {
+        &self.sip_addrs
+    }
+
+    /// The admin API's bound address, from the daemon's `admin API listening addr=...` log line
+    /// (waits for it at most [`STARTUP_TIMEOUT`]; panics with the log if it never comes).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let log = self.log();
+            let found = log
+                .lines()
+                .find_map(|l| log_field(l, "admin API listening", "addr"));
+            if let Some(a) = found {
+                return contactable(a);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `admin API listening addr=` line in the daemon log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The temp directory holding the config, accounts and logs.
@@ -421,8 +420,8 @@ impl Drop for Daemon {
     }
 }
 
-/// The first `[sip] listen` address of a config text (0.0.0.0 / :: mapped to loopback).
-fn configured_listen(config: &str) -> SocketAddr {
+/// The `[sip] listen` addresses of a config text (0.0.0.0 / :: mapped to loopback).
+fn configured_listen(config: &str) -> Vec<SocketAddr> {
     let table: toml::Table = config
         .parse()
         .unwrap_or_else(|e| panic!("the test config is not TOML: {e}\n{config}"));
@@ -430,12 +429,49 @@ fn configured_listen(config: &str) -> SocketAddr {
         .get("sip")
         .and_then(|s| s.get("listen"))
         .and_then(|l| l.as_array())
-        .and_then(|a| a.first())
-        .and_then(|v| v.as_str())
+        .filter(|a| !a.is_empty())
         .unwrap_or_else(|| panic!("the test config has no [sip] listen entry:\n{config}"));
-    let mut a: SocketAddr = listen
-        .parse()
-        .unwrap_or_else(|e| panic!("[sip] listen {listen:?}: {e}"));
+    listen
+        .iter()
+        .map(|v| {
+            let text = v.as_str().expect("a listen string");
+            let a: SocketAddr = text
+                .parse()
+                .unwrap_or_else(|e| panic!("[sip] listen {text:?}: {e}"));
+            contactable(a)
+        })
+        .collect()
+}
+
+/// The addresses of the daemon's "listening bound=ADDR" log lines, in order.
+fn bound_from_log(log: &str) -> Vec<SocketAddr> {
+    log.lines()
+        .filter_map(|l| log_field(l, "listening", "bound"))
+        .map(contactable)
+        .collect()
+}
+
+/// The address in field `field` of a log line whose message is `message`, in the text format
+/// (`... MESSAGE field=ADDR ...`) or the JSON one (`{"message":"MESSAGE","field":"ADDR",...}`).
+fn log_field(line: &str, message: &str, field: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') {
+        let j: Json = serde_json::from_str(line).ok()?;
+        if j["message"] != message {
+            return None;
+        }
+        return j[field].as_str()?.parse().ok();
+    }
+    if !line.contains(&format!(" {message} ")) && !line.ends_with(&format!(" {message}")) {
+        return None;
+    }
+    let key = format!("{field}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key.as_str()))
+        .and_then(|a| a.parse().ok())
+}
+
+/// `a` with an unspecified IP (0.0.0.0, ::) replaced by the loopback address of its family.
+fn contactable(mut a: SocketAddr) -> SocketAddr {
     if a.ip().is_unspecified() {
         a.set_ip(if a.is_ipv4() {
             DAEMON_IP
@@ -444,17 +480,6 @@ fn configured_listen(config: &str) -> SocketAddr {
         });
     }
     a
-}
-
-/// The address of the daemon's "listening bound=ADDR" log line.
-fn bound_from_log(log: &str) -> Option<SocketAddr> {
-    log.lines()
-        .filter(|l| l.contains("listening"))
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("bound="))
-                .and_then(|a| a.parse().ok())
-        })
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -1185,19 +1210,18 @@ pub fn without_first_header(msg: &[u8], name: &str) -> Option<Vec<u8>> {
 // ---------------------------------------------------------------------------------------------
 // The admin API: HTTP and Prometheus text
 
-/// [`test_config`] with the admin API on a fresh loopback port; returns the config and the
-/// admin address.
-pub fn config_with_admin(refresh_interval: &str, switch: SocketAddr) -> (String, SocketAddr) {
-    let admin = SocketAddr::new(DAEMON_IP, free_tcp_port(DAEMON_IP));
-    let cfg = test_config(free_udp_port(DAEMON_IP), switch, refresh_interval).replace(
+/// [`test_config`] (SIP on port 0) with the admin API on `127.0.0.1:0`; once the daemon runs,
+/// [`Daemon::admin_addr`] gives the port it bound.
+pub fn config_with_admin(refresh_interval: &str, switch: SocketAddr) -> String {
+    let cfg = test_config(0, switch, refresh_interval).replace(
         "[admin]\nlisten = \"\"",
-        &format!("[admin]\nlisten = \"{admin}\""),
+        &format!("[admin]\nlisten = \"{DAEMON_IP}:0\""),
     );
     assert!(
-        cfg.contains(&admin.to_string()),
+        cfg.contains(&format!("listen = \"{DAEMON_IP}:0\"")),
         "the admin listen line was not replaced:\n{cfg}"
     );
-    (cfg, admin)
+    cfg
 }
 
 /// One HTTP/1.1 answer.

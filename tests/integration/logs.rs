@@ -58,12 +58,13 @@ fn refusal_burst_is_rate_limited_and_counted() {
     const BURST: usize = 300;
     const PER_SECOND: usize = 5;
     let switch = Switch::bind();
-    let (config, admin) = config_with_admin("60s", switch.addr());
+    let config = config_with_admin("60s", switch.addr());
     let config = config.replace(
         "[log]\nlevel = \"info\"",
         &format!("[log]\nlevel = \"info\"\nrefusal_lines_per_second = {PER_SECOND}"),
     );
     let mut daemon = Daemon::start(&config, ACCOUNTS);
+    let admin = daemon.admin_addr();
     let caller = Caller::bind();
     let to = daemon.sip_addr();
     let marker = unique();

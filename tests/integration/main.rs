@@ -12,6 +12,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bans;
+mod bind;
+mod cli;
+mod docs;
 mod flood;
 mod hardening;
 mod harness;
@@ -25,4 +28,5 @@ mod sipp;
 mod sipvicious;
 mod snapshot_races;
 mod spiral;
+mod startup;
 mod uri;

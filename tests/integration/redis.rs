@@ -1,5 +1,5 @@
 //! The Redis credit source end to end (issue 3, SPEC section 5): the real daemon on a real
-//! `redis-server` that each test starts on its own free loopback port, decisions observed over
+//! `redis-server` that each test starts on its own Unix socket, decisions observed over
 //! real UDP. Also the `accounts` operator commands against that Redis.
 //!
 //! Every wait for a change is a bounded poll (no timing assertion): "after the next refresh"
@@ -7,7 +7,6 @@
 //! [`PUSH_WAIT`] with `refresh_interval = "60s"`, so only the push update can explain a change.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,8 +15,6 @@ use tempfile::TempDir;
 
 use crate::harness::*;
 
-/// Loopback address of every `redis-server` started here.
-const REDIS_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Key prefix of the test configs (not the default, to show the prefix is honoured).
 pub(crate) const PREFIX: &str = "cgt:";
 /// Upper bound for a change to show through a 1 s refresh (a few refreshes plus reconnect back-off).
@@ -69,10 +66,10 @@ const REDIS_ACCOUNTS: [(&str, &[(&str, &str)]); 5] = [
 // ---------------------------------------------------------------------------------------------
 // A redis-server of our own
 
-/// A `redis-server` process on a free loopback port, without persistence (a restart comes back
-/// empty). Killed on drop.
+/// A `redis-server` process on a Unix socket in its own temp directory (no TCP port, so no
+/// port race with parallel tests, and a restart finds its address free), without persistence
+/// (a restart comes back empty). Killed on drop.
 pub struct RedisServer {
-    port: u16,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -85,34 +82,33 @@ impl RedisServer {
         r
     }
 
-    /// Picks a port but starts nothing (a Redis that is down); [`RedisServer::restart`] starts it.
+    /// Picks a socket path but starts nothing (a Redis that is down); [`RedisServer::restart`]
+    /// starts it.
     pub fn reserve() -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("creditgate-redis-")
             .tempdir()
             .expect("create a temp dir");
-        RedisServer {
-            port: free_tcp_port(REDIS_IP),
-            dir,
-            child: None,
-        }
+        RedisServer { dir, child: None }
+    }
+
+    /// The server's Unix socket.
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.sock")
     }
 
     pub fn url(&self) -> String {
-        format!("redis://{REDIS_IP}:{}/0", self.port)
+        format!("redis+unix://{}?db=0", self.socket().display())
     }
 
-    /// (Re)starts the server on the same port, empty, and waits until it answers PING.
+    /// (Re)starts the server on the same socket, empty, and waits until it answers PING.
     pub fn restart(&mut self) {
         self.kill();
         let log = fs::File::create(self.dir.path().join("redis.log")).expect("create redis.log");
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                &REDIS_IP.to_string(),
-            ])
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -128,8 +124,8 @@ impl RedisServer {
             if Instant::now() >= deadline {
                 let log = fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
                 panic!(
-                    "redis-server on port {} did not answer PING within 10s:\n{log}",
-                    self.port
+                    "redis-server on {} did not answer PING within 10s:\n{log}",
+                    self.socket().display()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -146,7 +142,8 @@ impl RedisServer {
 
     fn try_cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
-            .args(["-h", &REDIS_IP.to_string(), "-p", &self.port.to_string()])
+            .arg("-s")
+            .arg(self.socket())
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -245,7 +242,7 @@ pub(crate) fn redis_config(
 
 fn start_daemon(refresh_interval: &str, redis: &RedisServer) -> (Daemon, Switch, Caller) {
     let switch = Switch::bind();
-    let port = free_udp_port(DAEMON_IP);
+    let port = 0;
     let daemon = Daemon::start(&redis_config(port, &switch, refresh_interval, redis), "");
     (daemon, switch, Caller::bind())
 }
@@ -465,7 +462,7 @@ fn redis_push_subscription_survives_a_redis_restart() {
     let mut redis = RedisServer::start();
     redis.load_test_accounts();
     let switch = Switch::bind();
-    let port = free_udp_port(DAEMON_IP);
+    let port = 0;
     let cfg = redis_config(port, &switch, "60s", &redis).replacen(
         "refresh_interval = \"60s\"",
         "refresh_interval = \"60s\"\nmax_shrink = 0.0",

@@ -29,9 +29,10 @@ fn refusal(daemon: &Daemon, caller: &Caller, user: &str) -> Vec<u8> {
 #[test]
 fn hidden_cause_makes_refusals_look_alike() {
     let switch = Switch::bind();
-    let (config, admin) = config_with_admin("60s", switch.addr());
+    let config = config_with_admin("60s", switch.addr());
     let config = format!("{config}\n[reply]\nreveal_cause = false\n");
     let mut daemon = Daemon::start(&config, ACCOUNTS);
+    let admin = daemon.admin_addr();
     let caller = Caller::bind();
     let replies: Vec<Vec<u8>> = CASES
         .iter()
@@ -82,7 +83,7 @@ fn hidden_cause_makes_refusals_look_alike() {
 #[test]
 fn revealed_cause_by_default() {
     let switch = Switch::bind();
-    let (config, _admin) = config_with_admin("60s", switch.addr());
+    let config = config_with_admin("60s", switch.addr());
     let daemon = Daemon::start(&config, ACCOUNTS);
     let caller = Caller::bind();
     let expected = [

@@ -13,9 +13,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::harness::{
-    free_udp_port, test_config, Caller, Daemon, Request, Switch, ACCOUNTS, DAEMON_IP, WAIT,
-};
+use crate::harness::{test_config, Caller, Daemon, Request, Switch, ACCOUNTS, WAIT};
 
 const PRIORITY: u8 = 7;
 const FIFO_LOG: &str = "packet worker threads run under SCHED_FIFO";
@@ -71,7 +69,7 @@ fn admitted(d: &Daemon, switch: &Switch) -> bool {
 }
 
 fn config(switch: SocketAddr, realtime_priority: Option<u8>) -> String {
-    let cfg = test_config(free_udp_port(DAEMON_IP), switch, "60s");
+    let cfg = test_config(0, switch, "60s");
     match realtime_priority {
         None => cfg,
         Some(p) => cfg.replace(

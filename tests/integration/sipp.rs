@@ -69,12 +69,15 @@ struct SippCmd {
     dir: PathBuf,
     args: Vec<String>,
     trace_msg: bool,
-    /// For a UAS: the address it listens on, waited for before [`SippCmd::start`] returns.
-    listen: Option<SocketAddr>,
+    /// For a UAS: the IP it listens on; its port is read back before [`SippCmd::start`] returns.
+    listen: Option<IpAddr>,
 }
 
-/// SIPp as the switch: `file` on [`SWITCH_IP`]`:port`, stopping after `calls` calls.
-fn uas(dir: &Path, name: &'static str, file: &str, port: u16, calls: u64) -> SippCmd {
+/// SIPp as the switch: `file` on [`SWITCH_IP`], stopping after `calls` calls. No `-p`: SIPp
+/// tries 5060, 5061, ... until a bind succeeds, so the port it gets is one it holds;
+/// [`SippCmd::start`] reads it back ([`Sipp::port`]). Start it before the daemon, whose
+/// `upstream` it is.
+fn uas(dir: &Path, name: &'static str, file: &str, calls: u64) -> SippCmd {
     SippCmd {
         name,
         dir: dir.to_path_buf(),
@@ -83,19 +86,18 @@ fn uas(dir: &Path, name: &'static str, file: &str, port: u16, calls: u64) -> Sip
             scenario(file).display().to_string(),
             "-i".into(),
             SWITCH_IP.to_string(),
-            "-p".into(),
-            port.to_string(),
             "-m".into(),
             calls.to_string(),
             "-timeout".into(),
             SIPP_TIMEOUT.into(),
         ],
         trace_msg: false,
-        listen: Some(SocketAddr::new(SWITCH_IP, port)),
+        listen: Some(SWITCH_IP),
     }
 }
 
-/// SIPp as a customer: `file` from [`CALLER_IP`] (a fresh port) to `target` (creditgate),
+/// SIPp as a customer: `file` from [`CALLER_IP`] (a port SIPp finds free by binding it) to
+/// `target` (creditgate),
 /// `calls` calls at `rate` calls per second.
 fn uac(
     dir: &Path,
@@ -114,8 +116,6 @@ fn uac(
             scenario(file).display().to_string(),
             "-i".into(),
             CALLER_IP.to_string(),
-            "-p".into(),
-            free_udp_port(CALLER_IP).to_string(),
             "-m".into(),
             calls.to_string(),
             "-r".into(),
@@ -174,9 +174,10 @@ impl SippCmd {
             errors,
             messages,
             name: self.name,
+            port: 0,
         };
-        if let Some(addr) = self.listen {
-            sipp.wait_bound(addr);
+        if let Some(ip) = self.listen {
+            sipp.port = sipp.wait_port(ip);
         }
         sipp
     }
@@ -189,43 +190,47 @@ struct Sipp {
     errors: PathBuf,
     messages: PathBuf,
     name: &'static str,
+    /// A UAS's SIP port (0 for a UAC).
+    port: u16,
+}
+
+/// A directory for SIPp's screen, error and message files.
+fn sipp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("creditgate-sipp-")
+        .tempdir()
+        .expect("create a temp dir")
 }
 
 impl Sipp {
-    /// Waits until `addr` shows up as a bound UDP socket in `/proc/net/udp` (read only: probing
-    /// with a bind of our own could take the port from SIPp). Without `/proc`, waits 300 ms.
-    fn wait_bound(&mut self, addr: SocketAddr) {
-        let IpAddr::V4(ip) = addr.ip() else {
-            panic!("{addr}: only IPv4 is looked up in /proc/net/udp")
+    /// The SIP port SIPp bound on `ip`: the lowest port among the UDP sockets of its own
+    /// process on `ip` (its SIP socket is bound first, from 5060 up; media ports start at 6000),
+    /// found through `/proc/PID/fd` and `/proc/net/udp`. Waits until it shows (at most
+    /// [`UAS_BIND`]); panics if SIPp exits first.
+    fn wait_port(&mut self, ip: IpAddr) -> u16 {
+        let IpAddr::V4(ip4) = ip else {
+            panic!("{ip}: only IPv4 is looked up in /proc/net/udp")
         };
-        // The kernel prints the address as the in-memory u32, i.e. in host byte order.
-        let want = format!(
-            "{:08X}:{:04X}",
-            u32::from_ne_bytes(ip.octets()),
-            addr.port()
-        );
         let deadline = Instant::now() + UAS_BIND;
         loop {
-            let Ok(table) = std::fs::read_to_string("/proc/net/udp") else {
-                std::thread::sleep(Duration::from_millis(300));
-                return;
-            };
-            if table
-                .lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
-            {
-                return;
+            if let Some(port) = own_udp_ports(self.child.id(), ip4).into_iter().min() {
+                assert!(
+                    port < 6000,
+                    "sipp {} bound no SIP port below 6000",
+                    self.name
+                );
+                return port;
             }
             if let Some(st) = self.child.try_wait().expect("poll sipp") {
                 panic!(
-                    "sipp {} exited ({st}) before binding {addr}\n{}",
+                    "sipp {} exited ({st}) before binding a port on {ip}\n{}",
                     self.name,
                     std::fs::read_to_string(&self.errors).unwrap_or_default()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "sipp {} did not bind {addr} within {UAS_BIND:?}",
+                "sipp {} did not bind a port on {ip} within {UAS_BIND:?}",
                 self.name
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -500,7 +505,7 @@ fn refused_call_ids(log: &str, account: &str, cause: &str) -> HashSet<String> {
 /// calls/s).
 fn config(switch_port: u16, refresh_interval: &str) -> String {
     every_refusal_logged(test_config(
-        free_udp_port(DAEMON_IP),
+        0,
         SocketAddr::new(SWITCH_IP, switch_port),
         refresh_interval,
     ))
@@ -531,6 +536,36 @@ fn every_refusal_logged(config: String) -> String {
     )
 }
 
+/// The ports of the UDP sockets process `pid` holds on `ip` (its `/proc/PID/fd` socket inodes
+/// looked up in `/proc/net/udp`, where the kernel prints the address as the in-memory u32).
+fn own_udp_ports(pid: u32, ip: std::net::Ipv4Addr) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: HashSet<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    let want_ip = format!("{:08X}", u32::from_ne_bytes(ip.octets()));
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (addr, port) = f.get(1)?.split_once(':')?;
+            (addr == want_ip && inodes.contains(*f.get(9)?))
+                .then(|| u16::from_str_radix(port, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -539,10 +574,12 @@ fn sipp_500_allowed_calls_at_100_cps_complete_through_creditgate() {
     if !sipp_available() {
         return;
     }
-    let switch_port = free_udp_port(SWITCH_IP);
+    let work = sipp_dir();
+    let dir = work.path().to_path_buf();
+    let uas = uas(&dir, "uas", "uas.xml", 500).start();
+    let switch_port = uas.port;
     let daemon = Daemon::start(&config(switch_port, "60s"), ACCOUNTS);
-    let dir = daemon.dir().to_path_buf();
-    let uas = uas(&dir, "uas", "uas.xml", switch_port, 500).start();
+
     let uac = uac(&dir, "uac", daemon.sip_addr(), "uac-allowed.xml", 500, 100)
         .set("account", "alice")
         .args(&["-d", "500"])
@@ -559,9 +596,8 @@ fn sipp_200_refused_calls_each_get_402_and_never_reach_the_switch() {
         return;
     }
     let switch = Switch::bind();
-    let port = free_udp_port(DAEMON_IP);
     let daemon = Daemon::start(
-        &every_refusal_logged(test_config(port, switch.addr(), "60s")),
+        &every_refusal_logged(test_config(0, switch.addr(), "60s")),
         ACCOUNTS,
     );
     let dir = daemon.dir().to_path_buf();
@@ -602,10 +638,12 @@ fn sipp_cancelled_calls_get_the_200_of_the_cancel_then_487_through_creditgate() 
         return;
     }
     const CALLS: u64 = 20;
-    let switch_port = free_udp_port(SWITCH_IP);
+    let work = sipp_dir();
+    let dir = work.path().to_path_buf();
+    let uas = uas(&dir, "uas-cancel", "uas-cancel.xml", CALLS).start();
+    let switch_port = uas.port;
     let daemon = Daemon::start(&config(switch_port, "60s"), ACCOUNTS);
-    let dir = daemon.dir().to_path_buf();
-    let uas = uas(&dir, "uas-cancel", "uas-cancel.xml", switch_port, CALLS).start();
+
     let uac = uac(
         &dir,
         "uac-cancel",
@@ -669,13 +707,15 @@ fn sipp_re_invites_follow_creditgates_route_and_pass_without_a_credit_check() {
         return;
     }
     const CALLS: u64 = 20;
-    let switch_port = free_udp_port(SWITCH_IP);
-    let daemon = Daemon::start(&config(switch_port, "60s"), ACCOUNTS);
-    let d = daemon.sip_addr();
-    let dir = daemon.dir().to_path_buf();
-    let uas = uas(&dir, "uas-reinvite", "uas-reinvite.xml", switch_port, CALLS)
+    let work = sipp_dir();
+    let dir = work.path().to_path_buf();
+    let uas = uas(&dir, "uas-reinvite", "uas-reinvite.xml", CALLS)
         .traced()
         .start();
+    let switch_port = uas.port;
+    let daemon = Daemon::start(&config(switch_port, "60s"), ACCOUNTS);
+    let d = daemon.sip_addr();
+
     let uac = uac(&dir, "uac-reinvite", d, "uac-reinvite.xml", CALLS, 20)
         .set("account", "dave")
         .args(&["-d", "300"])
@@ -759,10 +799,12 @@ fn sipp_a_486_of_the_switch_reaches_the_caller_and_its_ack_reaches_the_switch() 
         return;
     }
     const CALLS: u64 = 20;
-    let switch_port = free_udp_port(SWITCH_IP);
+    let work = sipp_dir();
+    let dir = work.path().to_path_buf();
+    let uas = uas(&dir, "uas-busy", "uas-busy.xml", CALLS).start();
+    let switch_port = uas.port;
     let daemon = Daemon::start(&config(switch_port, "60s"), ACCOUNTS);
-    let dir = daemon.dir().to_path_buf();
-    let uas = uas(&dir, "uas-busy", "uas-busy.xml", switch_port, CALLS).start();
+
     let uac = uac(
         &dir,
         "uac-busy",
@@ -804,14 +846,16 @@ fn sipp_a_long_call_outlives_its_balance_while_new_calls_of_the_account_get_402(
     if !sipp_available() {
         return;
     }
-    let switch_port = free_udp_port(SWITCH_IP);
+    let work = sipp_dir();
+    let dir = work.path().to_path_buf();
+    let uas = uas(&dir, "uas-longcall", "uas-reinvite.xml", 1)
+        .traced()
+        .start();
+    let switch_port = uas.port;
     // refresh_interval 60 s: the balance changes when the test sends SIGHUP, not before.
     let mut daemon = Daemon::start(&config(switch_port, "60s"), ACCOUNTS);
     let d = daemon.sip_addr();
-    let dir = daemon.dir().to_path_buf();
-    let uas = uas(&dir, "uas-longcall", "uas-reinvite.xml", switch_port, 1)
-        .traced()
-        .start();
+
     let call = uac(&dir, "uac-longcall", d, "uac-longcall.xml", 1, 1)
         .set("account", "alice")
         .args(&["-d", &LONG_CALL_HOLD_MS.to_string()])
@@ -939,10 +983,12 @@ fn load_sh_runs_a_bounded_load_through_creditgate() {
         return;
     }
     const CALLS: u64 = 40;
-    let switch_port = free_udp_port(SWITCH_IP);
+    let work = sipp_dir();
+    let dir = work.path().to_path_buf();
+    let uas = uas(&dir, "uas", "uas.xml", CALLS).start();
+    let switch_port = uas.port;
     let daemon = Daemon::start(&config(switch_port, "60s"), ACCOUNTS);
-    let dir = daemon.dir().to_path_buf();
-    let uas = uas(&dir, "uas", "uas.xml", switch_port, CALLS).start();
+
     let out = dir.join("load");
     let stdout = std::fs::File::create(dir.join("load.out")).expect("create load.out");
     // Its own process group, so a hung run can be killed with the sipp and `timeout` under it.
@@ -952,7 +998,6 @@ fn load_sh_runs_a_bounded_load_through_creditgate() {
         .args(["--account", "alice", "--calls", &CALLS.to_string()])
         .args(["--rate", "20", "--duration", "200"])
         .args(["--local-ip", &CALLER_IP.to_string()])
-        .args(["--local-port", &free_udp_port(CALLER_IP).to_string()])
         .args(["--timeout", "30"])
         .arg("--out")
         .arg(&out)

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::harness::{
-    config_with_admin, free_udp_port, get, method, metric, response, scrape, Daemon, Switch,
-    ACCOUNTS, CALLER_IP,
+    config_with_admin, get, method, metric, response, scrape, Daemon, Switch, ACCOUNTS, CALLER_IP,
 };
 
 fn available() -> bool {
@@ -30,7 +29,13 @@ fn available() -> bool {
 
 /// Runs a SIPVicious tool against `target` from a fresh local port; returns stdout + stderr.
 fn run(tool: &str, target: SocketAddr, args: &[&str]) -> String {
-    let port = free_udp_port(CALLER_IP).to_string();
+    // A start port only: SIPVicious binds it or, when taken meanwhile, the next free one
+    // (svwar.py's bind loop), so no race can fail the run.
+    let port = std::net::UdpSocket::bind((CALLER_IP, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(5062)
+        .to_string();
     let out = Command::new("timeout")
         .arg("60")
         .arg(tool)
@@ -65,7 +70,7 @@ fn svwar_lists_accounts_only_while_causes_are_revealed() {
     }
     for reveal in [true, false] {
         let switch = Switch::bind();
-        let (config, _admin) = config_with_admin("60s", switch.addr());
+        let config = config_with_admin("60s", switch.addr());
         let config =
             format!("{config}\n[reply]\nreveal_cause = {reveal}\n[abuse]\ndrop_scanners = false\n");
         let daemon = Daemon::start(&config, ACCOUNTS);
@@ -86,8 +91,9 @@ fn svwar_gets_no_answer_by_default() {
         return;
     }
     let switch = Switch::bind();
-    let (config, admin) = config_with_admin("60s", switch.addr());
+    let config = config_with_admin("60s", switch.addr());
     let daemon = Daemon::start(&config, ACCOUNTS);
+    let admin = daemon.admin_addr();
     let out = svwar(&daemon, daemon.dir());
     assert!(!out.contains("| bob"), "{out}");
     assert!(
@@ -108,11 +114,12 @@ fn svcrack_is_banned_after_the_threshold() {
     }
     const FAILURES: usize = 5;
     let switch = Arc::new(Switch::bind());
-    let (config, admin) = config_with_admin("60s", switch.addr());
+    let config = config_with_admin("60s", switch.addr());
     let config = format!(
         "{config}\n[abuse]\ndrop_scanners = false\nban_after_auth_failures = {FAILURES}\nban_window = \"10m\"\n"
     );
     let daemon = Daemon::start(&config, ACCOUNTS);
+    let admin = daemon.admin_addr();
     // The switch: a registrar that refuses every password.
     let stop = Arc::new(AtomicBool::new(false));
     let registers = Arc::new(AtomicUsize::new(0));
