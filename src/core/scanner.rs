@@ -103,6 +103,29 @@ mod tests {
         }
     }
 
+    /// Through the core: the request is dropped with its own reason, nothing sent.
+    #[test]
+    fn handle_drops_a_scanner_request() {
+        use crate::core::{handle, Action, DropReason, Event, MethodClass, Packet};
+        let t0 = std::time::Instant::now();
+        let snap = crate::snapshot::Snapshot::new(t0);
+        let m = request("User-Agent: friendly-scanner\r\n");
+        let o = handle(
+            Packet {
+                data: &m,
+                source: "192.0.2.1:5060".parse().unwrap(),
+                local: "127.0.0.1:5060".parse().unwrap(),
+                now: t0,
+            },
+            &snap,
+            &policy(""),
+        );
+        assert_eq!(o.action, Action::Drop);
+        assert_eq!(o.event, Event::Dropped(DropReason::Scanner));
+        assert_eq!(o.method, MethodClass::Options);
+        assert_eq!(DropReason::Scanner.as_str(), "scanner");
+    }
+
     #[test]
     fn off_or_trusted_never_matches() {
         let m = request("User-Agent: friendly-scanner\r\n");

@@ -81,6 +81,19 @@ struct Inner {
     settings: BanSettings,
     failures: HashMap<IpAddr, Failures>,
     bans: HashMap<IpAddr, Ban>,
+    /// The earliest end among `bans`: when it has passed, the next look sweeps the table, so
+    /// expired bans of sources that never come back do not linger (nor keep the slow path on).
+    next_expiry: Option<Instant>,
+}
+
+impl Inner {
+    /// Removes the bans ended at `now` once the earliest end has passed.
+    fn sweep(&mut self, now: Instant) {
+        if self.next_expiry.is_some_and(|t| t <= now) {
+            self.bans.retain(|_, b| b.until > now);
+            self.next_expiry = self.bans.values().map(|b| b.until).min();
+        }
+    }
 }
 
 /// The ban table, shared by every worker.
@@ -108,6 +121,7 @@ impl Bans {
                 settings,
                 failures: HashMap::new(),
                 bans: HashMap::new(),
+                next_expiry: None,
             }),
             active: AtomicUsize::new(0),
             tracked: AtomicUsize::new(0),
@@ -168,15 +182,24 @@ impl Bans {
         }
         let key = source_key(ip);
         let mut g = self.lock();
-        match g.bans.get(&key) {
-            None => false,
-            Some(b) if b.until > now => true,
-            Some(_) => {
-                g.bans.remove(&key);
-                self.publish(&g);
-                false
-            }
+        let before = g.bans.len();
+        g.sweep(now);
+        if g.bans.len() != before {
+            self.publish(&g);
         }
+        g.bans.get(&key).is_some_and(|b| b.until > now)
+    }
+
+    /// Bans in force at `now`. Ended bans, and failure counts whose window has passed, are
+    /// removed first (called on each `/metrics` scrape, off the packet path).
+    pub fn active_at(&self, now: Instant) -> usize {
+        let mut g = self.lock();
+        g.sweep(now);
+        let window = g.settings.window;
+        g.failures
+            .retain(|_, f| now.saturating_duration_since(f.first) < window);
+        self.publish(&g);
+        g.bans.len()
     }
 
     /// One authentication failure of `ip` at `now`; the ban when this one completes it.
@@ -217,6 +240,7 @@ impl Bans {
         g.failures.remove(&key);
         if !g.bans.contains_key(&key) && g.bans.len() >= s.max_tracked {
             g.bans.retain(|_, b| b.until > now);
+            g.next_expiry = g.bans.values().map(|b| b.until).min();
         }
         if !g.bans.contains_key(&key) && g.bans.len() >= s.max_tracked {
             self.refused_full.inc();
@@ -230,6 +254,7 @@ impl Bans {
             failures: count,
         };
         g.bans.insert(key, ban);
+        g.next_expiry = Some(g.next_expiry.map_or(ban.until, |t| t.min(ban.until)));
         self.issued.inc();
         self.publish(&g);
         Some(ban)
@@ -256,7 +281,7 @@ impl Bans {
     /// The bans in force at `now`, soonest to end first (expired ones are removed).
     pub fn list(&self, now: Instant) -> Vec<Ban> {
         let mut g = self.lock();
-        g.bans.retain(|_, b| b.until > now);
+        g.sweep(now);
         self.publish(&g);
         let mut v: Vec<Ban> = g.bans.values().copied().collect();
         v.sort_by_key(|b| (b.until, b.address));
@@ -428,6 +453,27 @@ mod tests {
         assert!(b.is_banned(ip("192.0.2.9"), t0 + Duration::from_secs(7)));
         assert!(b.list(t0 + Duration::from_secs(605)).is_empty());
         assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn ended_bans_of_silent_sources_are_swept() {
+        let t0 = Instant::now();
+        let b = Bans::new(settings(1, 100));
+        b.failure(ip("192.0.2.1"), t0);
+        b.failure(ip("192.0.2.2"), t0 + Duration::from_secs(100));
+        assert_eq!(b.active_at(t0 + Duration::from_secs(1)), 2);
+        // The first ban ended; a look at another address removes it.
+        assert!(!b.is_banned(ip("198.51.100.1"), t0 + Duration::from_secs(650)));
+        assert_eq!(b.active(), 1);
+        assert_eq!(b.active_at(t0 + Duration::from_secs(700)), 0);
+        // Failure counts past their window go with the sweep too.
+        let lone = Bans::new(settings(3, 100));
+        lone.failure(ip("192.0.2.3"), t0);
+        assert_eq!(lone.tracked.load(Ordering::Relaxed), 1);
+        lone.active_at(t0 + Duration::from_secs(61));
+        assert_eq!(lone.tracked.load(Ordering::Relaxed), 0);
+        // Nothing left: the packet path is back on its lock-free check.
+        assert!(!b.is_banned(ip("192.0.2.2"), t0 + Duration::from_secs(701)));
     }
 
     #[test]

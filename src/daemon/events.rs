@@ -126,14 +126,16 @@ impl LineLimiter {
         {
             self.used.store(0, Ordering::Relaxed);
         }
+        let limit = self.per_second.load(Ordering::Relaxed);
         let n = self.used.fetch_add(1, Ordering::Relaxed);
-        if n < self.per_second.load(Ordering::Relaxed) {
+        if n < limit {
             LineVerdict::Write {
                 suppressed_before: self.pending.swap(0, Ordering::Relaxed),
             }
         } else {
-            // Saturate rather than wrap under a flood of billions.
-            self.used.store(u32::MAX, Ordering::Relaxed);
+            // Held at the limit, so that the count cannot wrap to 0 within a window however
+            // many lines are refused.
+            self.used.store(limit, Ordering::Relaxed);
             self.suppressed.inc();
             self.pending.fetch_add(1, Ordering::Relaxed);
             LineVerdict::Suppress

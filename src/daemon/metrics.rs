@@ -303,7 +303,7 @@ impl CreditgateCollector {
             "creditgate_bans_active",
             "Source addresses banned now for authentication failures ([abuse]; GET /bans lists them).",
             None,
-            i64::try_from(bans.active()).unwrap_or(i64::MAX),
+            i64::try_from(bans.active_at(Instant::now())).unwrap_or(i64::MAX),
         )?;
         counter(
             enc,

@@ -250,3 +250,36 @@ fn scanner_drop_can_be_turned_off() {
     let (reply, _) = caller.recv_or_fail(WAIT, "the refusal of the scanner");
     assert_eq!(status_code(&reply), Some(403));
 }
+
+/// A source in `[sip] trusted` (here the caller's own address) collects any number of 401s and
+/// is never banned.
+#[test]
+fn trusted_sources_are_never_banned() {
+    let switch = Switch::bind();
+    let (mut daemon, admin, _token) = {
+        let token_dir = tempfile::tempdir().unwrap();
+        let token_file = token_dir.path().join("token");
+        std::fs::write(&token_file, TOKEN).unwrap();
+        let admin = SocketAddr::new(DAEMON_IP, crate::harness::free_tcp_port(DAEMON_IP));
+        let config = test_config(0, switch.addr(), "60s")
+            .replace(
+                "[admin]\nlisten = \"\"",
+                &format!(
+                    "[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"",
+                    token_file.display()
+                ),
+            )
+            .replace("workers = 2\n", "workers = 2\ntrusted = [\"127.0.0.1\"]\n");
+        let config = format!("{config}\n[abuse]\nban_after_auth_failures = {FAILURES}\n");
+        (Daemon::start(&config, ACCOUNTS), admin, token_dir)
+    };
+    let caller = Caller::bind();
+    for i in 0..3 * FAILURES {
+        if !register(&daemon, &caller, &switch) {
+            daemon.fail(&format!("REGISTER {i} of the trusted source was dropped"));
+        }
+    }
+    let m = scrape(admin);
+    assert_eq!(metric(&m, "creditgate_bans_issued_total", &[]), 0.0);
+    assert_eq!(metric(&m, "creditgate_bans_active", &[]), 0.0);
+}
