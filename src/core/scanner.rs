@@ -116,6 +116,7 @@ mod tests {
                 source: "192.0.2.1:5060".parse().unwrap(),
                 local: "127.0.0.1:5060".parse().unwrap(),
                 now: t0,
+                wall_secs: 1_800_000_000,
             },
             &snap,
             &policy(""),

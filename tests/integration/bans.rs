@@ -260,18 +260,19 @@ fn trusted_sources_are_never_banned() {
         let token_dir = tempfile::tempdir().unwrap();
         let token_file = token_dir.path().join("token");
         std::fs::write(&token_file, TOKEN).unwrap();
-        let admin = SocketAddr::new(DAEMON_IP, crate::harness::free_tcp_port(DAEMON_IP));
         let config = test_config(0, switch.addr(), "60s")
             .replace(
                 "[admin]\nlisten = \"\"",
                 &format!(
-                    "[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"",
+                    "[admin]\nlisten = \"{DAEMON_IP}:0\"\ntoken_file = \"{}\"",
                     token_file.display()
                 ),
             )
             .replace("workers = 2\n", "workers = 2\ntrusted = [\"127.0.0.1\"]\n");
         let config = format!("{config}\n[abuse]\nban_after_auth_failures = {FAILURES}\n");
-        (Daemon::start(&config, ACCOUNTS), admin, token_dir)
+        let daemon = Daemon::start(&config, ACCOUNTS);
+        let admin = daemon.admin_addr();
+        (daemon, admin, token_dir)
     };
     let caller = Caller::bind();
     for i in 0..3 * FAILURES {
