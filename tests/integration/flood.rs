@@ -47,6 +47,7 @@ fn noisy_source_is_limited_and_others_keep_calling() {
     // alice has credit: below the limit her INVITEs would all be admitted and forwarded.
     let flood = Request::invite(noisy.addr(), to, &format!("flood-{}", unique()), "alice").build();
 
+    let started = std::time::Instant::now();
     for round in 0..BURSTS {
         for _ in 0..BURST {
             noisy.send(&flood, to);
@@ -77,18 +78,55 @@ fn noisy_source_is_limited_and_others_keep_calling() {
         daemon.wait_for_log("flood guard: source over", 1, WAIT),
         "the noisy source was never limited"
     );
-    // Counted, and most of the flood: at LIMIT datagrams/s, the limiter lets through about
-    // LIMIT per second the test ran, a small share of the BURSTS * BURST sent (the kernel may
-    // drop some before creditgate reads them, so this counts drops, not what reached the switch).
+    // Counted: everything of the flood that creditgate read, less what the limiter may pass
+    // (LIMIT per second of the test, plus a bucket's worth), is counted as dropped by the
+    // limiter. What the kernel dropped at the daemon's socket before creditgate read it (a
+    // loaded machine drains the socket more slowly) is read from /proc/net/udp, so the bound
+    // holds however fast the daemon ran. Polled until the queued datagrams are read (bounded).
     let sent = (BURSTS * BURST) as f64;
-    let dropped = metric(&scrape(admin), "creditgate_flood_drops_total", &[]);
+    let allowed = f64::from(LIMIT) * (started.elapsed().as_secs_f64() + 2.0);
+    let deadline = std::time::Instant::now() + WAIT;
+    let (dropped, kernel_dropped) = loop {
+        let dropped = metric(&scrape(admin), "creditgate_flood_drops_total", &[]);
+        let kernel_dropped = socket_drops(to) as f64;
+        if dropped + kernel_dropped + allowed >= sent || std::time::Instant::now() >= deadline {
+            break (dropped, kernel_dropped);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
-        dropped >= sent / 2.0 && dropped <= sent,
-        "{dropped} of {sent} flood datagrams dropped by the limiter"
+        dropped + kernel_dropped + allowed >= sent && dropped <= sent,
+        "{dropped} of {sent} flood datagrams dropped by the limiter, {kernel_dropped} by the \
+         kernel, at most {allowed} let through"
     );
     assert!(
         !daemon.log().contains(&format!("source={GOOD_IP}")),
         "the well-behaved source was limited"
     );
     assert!(daemon.is_running(), "the daemon died under the flood");
+}
+
+/// Datagrams the kernel dropped at the sockets bound to `addr` (every `SO_REUSEPORT` worker
+/// socket of the daemon shares it): the `drops` column of /proc/net/udp, where the kernel prints
+/// an IPv4 address as its in-memory u32 in hex.
+fn socket_drops(addr: std::net::SocketAddr) -> u64 {
+    let IpAddr::V4(ip) = addr.ip() else {
+        return 0;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&want.as_str()))
+                .then(|| f.get(12)?.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
 }
