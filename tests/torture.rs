@@ -218,7 +218,7 @@ fn skip(why: &str) {
         std::env::var_os("CI").is_none(),
         "{why}: under CI (CI is set) this suite must run, not skip"
     );
-    println!("skipped: {why}");
+    eprintln!("skipped: {why}");
 }
 
 struct World {

@@ -147,6 +147,14 @@ pub async fn run(
     for l in &listeners {
         tracing::info!(bound = %l.bound, advertised = %format!("{}:{}", l.advertised_host, l.advertised_port), workers, "listening");
     }
+    let live = live_not_enforced(&cfg.live);
+    if !live.is_empty() {
+        tracing::warn!(
+            keys = %live.join(","),
+            "[live] settings are accepted but not enforced yet: this version admits on the \
+             snapshot's balance only (live credit, docs/contract.md, is not implemented)"
+        );
+    }
     if prepared.key_source == preflight::KeySource::Random {
         tracing::warn!(
             "no sip.secret or sip.secret_file: using a random key for this run; Record-Route tokens of calls in progress will not survive a restart"
@@ -337,6 +345,31 @@ impl Reloader {
         self.refresher.trigger(true);
         systemd::ready(&ready_status(&self.shared));
     }
+}
+
+/// The `[live]` keys set to something other than their default. Nothing enforces them yet (live
+/// credit is a later addition), so the daemon warns at start rather than let an operator believe
+/// a reserve or a channel cap protects them. Remove a key here once it is enforced.
+pub fn live_not_enforced(live: &crate::config::LiveConfig) -> Vec<&'static str> {
+    let d = crate::config::LiveConfig::default();
+    let checks: [(&'static str, bool); 6] = [
+        ("live.track_calls", live.track_calls != d.track_calls),
+        ("live.reserve", live.reserve != d.reserve),
+        (
+            "live.credit_scaled_channels",
+            live.credit_scaled_channels != d.credit_scaled_channels,
+        ),
+        (
+            "live.low_credit_threshold",
+            live.low_credit_threshold != d.low_credit_threshold,
+        ),
+        (
+            "live.max_tracked_calls",
+            live.max_tracked_calls != d.max_tracked_calls,
+        ),
+        ("live.call_expiry", live.call_expiry != d.call_expiry),
+    ];
+    checks.into_iter().filter(|c| c.1).map(|c| c.0).collect()
 }
 
 /// The settings that differ between `running` and `new` but only take effect on a restart.

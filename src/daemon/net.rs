@@ -241,3 +241,54 @@ pub fn listeners(cfg: &Config, groups: &[SocketGroup]) -> Vec<Listener> {
         })
         .collect()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str) -> Config {
+        Config::from_toml_str(
+            &format!("[sip]\nlisten = [\"{listen}\"]\nupstream = [\"127.0.0.2:5080\"]\n"),
+            std::path::Path::new(""),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_second_bind_of_the_same_address_is_refused() {
+        let (groups, _locks) = bind_all(&config("127.0.0.1:0"), 2).unwrap();
+        assert_eq!(groups.len(), 2);
+        let addr = groups[0][0].local_addr().unwrap();
+        // Both workers share the port.
+        assert_eq!(groups[1][0].local_addr().unwrap(), addr);
+        match bind_all(&config(&addr.to_string()), 2) {
+            Err(StartError::Locked { addr: a }) => assert_eq!(a, addr),
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("a second daemon bound {addr}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_another_socket_holds_is_refused() {
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        match bind_all(&config(&addr.to_string()), 1) {
+            Err(StartError::InUse { addr: a, .. }) => assert_eq!(a, addr),
+            Err(e) => panic!("expected InUse, got {e}"),
+            Ok(_) => panic!("bound {addr} held by another socket"),
+        }
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_and_goes_with_its_holder() {
+        // Hold the port, so no other creditgate can be after this address's lock meanwhile.
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let first = lock_address(addr).unwrap();
+        assert!(first.is_some());
+        assert!(lock_address(addr).unwrap().is_none(), "taken twice");
+        drop(first);
+        assert!(lock_address(addr).unwrap().is_some(), "not released");
+    }
+}

@@ -72,3 +72,44 @@ fn operations_secrets_recipe_writes_keys_check_config_accepts() {
     );
     assert_eq!(check.status.code(), Some(0), "{}", check.stderr);
 }
+
+/// The first ```json block after the heading line `heading` in `doc`.
+fn json_after(doc: &str, heading: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(doc);
+    let text = fs::read_to_string(&path).unwrap();
+    let at = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("{doc}: no {heading:?}"));
+    let rest = &text[at..];
+    let start = rest.find("```json\n").expect("a json block") + "```json\n".len();
+    let end = rest[start..].find("```").expect("its end") + start;
+    serde_json::from_str(&rest[start..end])
+        .unwrap_or_else(|e| panic!("{doc}: the example is not JSON: {e}"))
+}
+
+/// docs/operations.md's `GET /accounts/bob` example is what the daemon answers for the shipped
+/// `config/accounts.toml` (the snapshot's age and generation aside, which vary).
+#[test]
+fn operations_accounts_bob_example_is_what_the_daemon_answers() {
+    let accounts =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/accounts.toml"))
+            .unwrap();
+    let switch = crate::harness::Switch::bind();
+    let cfg = crate::harness::config_with_admin("60s", switch.addr());
+    let d = crate::harness::Daemon::start(&cfg, &accounts);
+    let r = crate::harness::get(d.admin_addr(), "/accounts/bob");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut got = r.json();
+    let mut want = json_after("docs/operations.md", "### `GET /accounts/{id}`");
+    for v in [&mut got, &mut want] {
+        let snap = v["snapshot"].as_object_mut().expect("a snapshot object");
+        snap.remove("age_seconds");
+        snap.remove("generation");
+    }
+    assert_eq!(
+        got,
+        want,
+        "docs/operations.md's example differs from the daemon's answer:\n{}",
+        serde_json::to_string_pretty(&got).unwrap()
+    );
+}

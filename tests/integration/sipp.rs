@@ -1033,3 +1033,215 @@ fn load_sh_runs_a_bounded_load_through_creditgate() {
     uas.wait(Duration::from_secs(30))
         .assert_all_succeeded(CALLS);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The README's examples
+
+/// The `sipp` command lines of the code blocks in the section `## {heading}` of `doc` (relative
+/// to the crate root), as argument lists after `sipp` (continuation lines joined; an outer
+/// `timeout N`, redirections and a trailing `&` left out).
+fn readme_sipp_commands(doc: &str, heading: &str) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(doc))
+        .unwrap_or_else(|e| panic!("{doc}: {e}"));
+    let start = text
+        .find(&format!("\n## {heading}\n"))
+        .unwrap_or_else(|| panic!("README.md has no section {heading:?}"));
+    let section = &text[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let mut commands = Vec::new();
+    for (i, block) in section.split("```").enumerate() {
+        if i % 2 == 0 || !block.starts_with("sh\n") {
+            continue;
+        }
+        for line in block.replace("\\\n", " ").lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(at) = words.iter().position(|w| *w == "sipp") else {
+                continue;
+            };
+            if words.first().is_some_and(|w| w.starts_with('#')) {
+                continue;
+            }
+            let args: Vec<String> = words[at + 1..]
+                .iter()
+                .take_while(|w| !w.starts_with('>') && !w.starts_with('&') && **w != "2>&1")
+                .map(|w| (*w).to_owned())
+                .collect();
+            commands.push(args);
+        }
+    }
+    commands
+}
+
+/// A README command made runnable here: the scenario file by its path, no `-p` (SIPp binds a
+/// port it finds free), no `-nostdin` (added by [`SippCmd::start`]), and a UAC's target
+/// replaced by the daemon's address. Returns the arguments and the `-m` call count.
+fn runnable(args: &[String], target: Option<SocketAddr>) -> (Vec<String>, u64) {
+    let mut out = Vec::new();
+    let mut calls = 0;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-p" => {
+                it.next();
+            }
+            "-nostdin" => {}
+            "-sf" => {
+                let file = it.next().expect("a scenario after -sf");
+                let name = Path::new(file).file_name().expect("a file name");
+                out.push("-sf".to_owned());
+                out.push(scenario(name.to_str().unwrap()).display().to_string());
+            }
+            "-m" => {
+                let n = it.next().expect("a count after -m");
+                calls = n.parse().expect("-m N");
+                out.push("-m".to_owned());
+                out.push(n.clone());
+            }
+            host if !host.starts_with('-') && out.is_empty() => {
+                out.push(target.expect("a UAC target").to_string());
+            }
+            _ => out.push(a.clone()),
+        }
+    }
+    (out, calls)
+}
+
+fn is_uas(args: &[String]) -> bool {
+    args.first().is_some_and(|a| a.starts_with('-'))
+}
+
+/// Every `sipp` command of `sipp-scenarios/README.md`'s "Against creditgate" section runs as
+/// written (ports aside) against the real daemon with the shipped `config/accounts.toml`: each
+/// UAS with the UAC after it, each refusal example alone; every call succeeds on both sides.
+#[test]
+fn sipp_readme_examples_run_against_creditgate() {
+    if !sipp_available() {
+        return;
+    }
+    let accounts =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/accounts.toml"))
+            .expect("config/accounts.toml");
+    let commands = readme_sipp_commands("sipp-scenarios/README.md", "Against creditgate");
+    assert!(commands.len() >= 8, "too few examples found: {commands:?}");
+    let work = sipp_dir();
+    let dir = work.path().to_path_buf();
+    let mut pending_uas: Option<(Sipp, u64)> = None;
+    let mut refused = None;
+    for (i, args) in commands.iter().enumerate() {
+        let name: &'static str = Box::leak(format!("readme-{i}").into_boxed_str());
+        if is_uas(args) {
+            let (a, calls) = runnable(args, None);
+            assert!(calls > 0, "the README command has no -m: {args:?}");
+            let uas = SippCmd {
+                name,
+                dir: dir.clone(),
+                args: a,
+                trace_msg: false,
+                listen: Some(SWITCH_IP),
+            }
+            .start();
+            pending_uas = Some((uas, calls));
+            continue;
+        }
+        let (daemon, uas) = match pending_uas.take() {
+            Some((uas, calls)) => {
+                let d = Daemon::start(&config(uas.port, "60s"), &accounts);
+                (d, Some((uas, calls)))
+            }
+            None => {
+                let switch = Switch::bind();
+                let d = Daemon::start(&test_config(0, switch.addr(), "60s"), &accounts);
+                refused = Some(switch);
+                (d, None)
+            }
+        };
+        let (a, calls) = runnable(args, Some(daemon.sip_addr()));
+        assert!(calls > 0, "the README command has no -m: {args:?}");
+        let uac = SippCmd {
+            name,
+            dir: dir.clone(),
+            args: a,
+            trace_msg: false,
+            listen: None,
+        }
+        .start()
+        .wait(Duration::from_secs(120));
+        assert!(
+            uac.count("Successful call") == calls,
+            "README example {args:?}: not every call succeeded\n{}\n----- daemon log -----\n{}",
+            uac.report(),
+            daemon.log()
+        );
+        match uas {
+            Some((uas, n)) => uas.wait(Duration::from_secs(60)).assert_all_succeeded(n),
+            None => {
+                if let Some(s) = refused.take() {
+                    s.expect_nothing(QUIET);
+                }
+            }
+        }
+    }
+}
+
+/// The top-level README's "Try it with SIPp": the shipped `config/creditgate.toml` and
+/// `config/accounts.toml` (ports moved: SIP and admin on port 0, upstream the UAS's port), the
+/// UAS as written (plus `-m`, it runs until stopped there), alice's calls all complete, bob's all
+/// get 402.
+#[test]
+fn sipp_top_readme_try_it_runs_with_the_shipped_config() {
+    if !sipp_available() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let accounts = std::fs::read_to_string(root.join("config/accounts.toml")).unwrap();
+    let shipped = std::fs::read_to_string(root.join("config/creditgate.toml")).unwrap();
+    let commands = readme_sipp_commands("README.md", "Try it with SIPp");
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let work = sipp_dir();
+    let dir = work.path().to_path_buf();
+    let (mut uas_args, _) = runnable(&commands[0], None);
+    let (_, alice_calls) = runnable(&commands[1], Some(SocketAddr::new(DAEMON_IP, 1)));
+    uas_args.extend(["-m".to_owned(), alice_calls.to_string()]);
+    let uas = SippCmd {
+        name: "try-uas",
+        dir: dir.clone(),
+        args: uas_args,
+        trace_msg: false,
+        listen: Some(SWITCH_IP),
+    }
+    .start();
+    let cfg = shipped
+        .replacen(
+            "listen = [\"127.0.0.1:5060\"]",
+            "listen = [\"127.0.0.1:0\"]",
+            1,
+        )
+        .replacen(
+            "upstream = [\"127.0.0.2:5080\"]",
+            &format!("upstream = [\"127.0.0.2:{}\"]", uas.port),
+            1,
+        )
+        .replacen("listen = \"127.0.0.1:9060\"", "listen = \"127.0.0.1:0\"", 1);
+    assert!(
+        cfg.contains("127.0.0.1:0\"]") && cfg.contains(&format!(":{}\"]", uas.port)),
+        "the shipped config's addresses moved:\n{cfg}"
+    );
+    let daemon = Daemon::start(&cfg, &accounts);
+    for (i, args) in commands[1..].iter().enumerate() {
+        let (a, calls) = runnable(args, Some(daemon.sip_addr()));
+        let run = SippCmd {
+            name: if i == 0 { "try-alice" } else { "try-bob" },
+            dir: dir.clone(),
+            args: a,
+            trace_msg: false,
+            listen: None,
+        }
+        .start()
+        .wait(Duration::from_secs(90));
+        run.assert_all_succeeded(calls);
+    }
+    uas.wait(Duration::from_secs(60))
+        .assert_all_succeeded(alice_calls);
+    let refused = refused_call_ids(&daemon.log(), "bob", "insufficient_credit");
+    assert_eq!(refused.len(), 10, "{refused:?}");
+}

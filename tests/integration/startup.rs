@@ -250,3 +250,37 @@ fn good_files_pass_check_config() {
         check.stdout
     );
 }
+
+/// `[live]` settings are accepted, but nothing enforces them yet: the daemon says so at start,
+/// naming the keys; with the defaults it says nothing.
+#[test]
+fn live_settings_are_reported_as_not_enforced_at_start() {
+    let switch = crate::harness::Switch::bind();
+    let cfg = format!(
+        "{}\n[live]\nmax_tracked_calls = 5\ncall_expiry = \"2h\"\n",
+        test_config(0, switch.addr(), "60s")
+    );
+    let d = crate::harness::Daemon::start(&cfg, ACCOUNTS);
+    assert!(
+        d.wait_for_log("not enforced", 1, Duration::from_secs(5)),
+        "no warning about [live]:\n{}",
+        d.log()
+    );
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains("not enforced"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("WARN") && line.contains("live.max_tracked_calls"),
+        "{line}"
+    );
+    let plain = crate::harness::Daemon::start(&test_config(0, switch.addr(), "60s"), ACCOUNTS);
+    assert!(
+        plain.wait_for_log("creditgate running", 1, Duration::from_secs(10)),
+        "{}",
+        plain.log()
+    );
+    assert!(!plain.log().contains("not enforced"), "{}", plain.log());
+}
