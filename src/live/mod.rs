@@ -4,4 +4,6 @@
 //! (an `Instant`) and the wall time (Unix seconds, for the UTC day) into every call, and the
 //! snapshot figures of the account it decides for. Not wired into the proxy or the daemon yet.
 
+pub mod calls;
+pub mod ledger;
 pub mod tariff;
