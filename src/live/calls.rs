@@ -128,7 +128,8 @@ pub struct Admitted {
     pub retransmission: bool,
     /// What the call holds while ringing.
     pub reserve: Decimal,
-    /// Live available credit after the hold.
+    /// Live available credit after the hold (for a retransmission, not computed: the
+    /// snapshot figure).
     pub live_available: Decimal,
 }
 
@@ -378,6 +379,9 @@ impl LiveState {
         let reserve = reserve_cost(entry, self.cfg.reserve_secs);
         let result = {
             let mut l = slot.lock();
+            // The same INVITE may have been admitted by another worker since the look above;
+            // under the account's lock this answer is final (its inserts are serialised here).
+            let mine = self.calls.get(&key).map(|c| Arc::ptr_eq(&c.account, &slot));
             self.sync(&slot, &mut l, now, Some(read_ms), wall_secs);
             let check = Check {
                 available: figures.available,
@@ -388,8 +392,14 @@ impl LiveState {
                 credit_scaled: self.cfg.credit_scaled_channels,
                 reserve,
             };
-            match l.check(now, &check) {
+            match mine.map_or_else(|| l.check(now, &check), |_| Ok(0)) {
                 Err(r) => Err(r),
+                Ok(_) if mine == Some(true) => Ok(Admitted {
+                    retransmission: true,
+                    reserve: Decimal::ZERO,
+                    live_available: figures.available,
+                }),
+                Ok(_) if mine == Some(false) => Err(Refusal::KeyInUse),
                 Ok(tat) => match self.calls.entry(key) {
                     dashmap::Entry::Occupied(_) => Err(Refusal::KeyInUse),
                     dashmap::Entry::Vacant(v) => {
@@ -412,13 +422,13 @@ impl LiveState {
             }
         };
         match result {
-            Ok(_) => {
+            Ok(a) if !a.retransmission => {
                 let deadline = now
                     .secs_floor()
                     .saturating_add(secs_u32(self.cfg.ring_timeout));
                 lock(&self.ring_fifo).push_back((deadline, key));
             }
-            Err(_) => {
+            _ => {
                 self.tracked.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -469,7 +479,18 @@ impl LiveState {
             if !Arc::ptr_eq(&c.account, slot) {
                 return CallEvent::Ignored;
             }
+            // Timeouts were decided from a look at the call before this lock: re-check that it
+            // is still the same call (a reused key is a newer one) in the same state.
+            let ev = match ev {
+                Ev::RingTimeout(start) if start == c.start_secs && c.state == RINGING => {
+                    Ev::End(EndCause::RingTimeout)
+                }
+                Ev::Expire(start) if start == c.start_secs => Ev::End(EndCause::Expired),
+                Ev::RingTimeout(_) | Ev::Expire(_) => return CallEvent::Ignored,
+                ev => ev,
+            };
             match (ev, c.state) {
+                (Ev::RingTimeout(_) | Ev::Expire(_), _) => return CallEvent::Ignored,
                 (Ev::Answer, RINGING) => {
                     let t0 = now.secs_floor();
                     let (k, phase) = l.answer(key, c.hold, &c.entry, t0, now);
@@ -550,7 +571,7 @@ impl LiveState {
                 let mut l = slot.lock();
                 self.sync(&slot, &mut l, n, None, wall_secs);
                 if let CallEvent::Ended { .. } =
-                    self.event_locked(&slot, &mut l, key, n, Ev::End(EndCause::RingTimeout))
+                    self.event_locked(&slot, &mut l, key, n, Ev::RingTimeout(start))
                 {
                     st.ring_timeouts += 1;
                 }
@@ -576,7 +597,7 @@ impl LiveState {
             let mut l = slot.lock();
             self.sync(&slot, &mut l, n, None, wall_secs);
             if let CallEvent::Ended { .. } =
-                self.event_locked(&slot, &mut l, key, n, Ev::End(EndCause::Expired))
+                self.event_locked(&slot, &mut l, key, n, Ev::Expire(start))
             {
                 st.expired += 1;
             }
@@ -678,6 +699,10 @@ enum Ev {
     Answer,
     Fail,
     End(EndCause),
+    /// Ring timeout of the call admitted at this second.
+    RingTimeout(u32),
+    /// Expiry of the call admitted at this second.
+    Expire(u32),
 }
 
 fn pop_due(q: &Mutex<VecDeque<(u32, CallKey)>>, t: u32) -> Option<(u32, CallKey)> {

@@ -625,3 +625,62 @@ fn forget_idle_accounts_keeps_the_busy_ones() {
 fn a_call_entry_stays_small() {
     assert!(std::mem::size_of::<(CallKey, Call)>() <= 64);
 }
+
+#[test]
+fn the_same_invite_on_two_workers_at_once_is_admitted_twice_and_held_once() {
+    for round in 0..300u64 {
+        let t = T::new(reserve(60));
+        let e = entry("1.00");
+        let f = t.figs("5", 0);
+        let barrier = Barrier::new(2);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    let (t, e, f, barrier) = (&t, &e, &f, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        t.admit(round, e, f, 0)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            results.iter().all(Result::is_ok),
+            "round {round}: {results:?}"
+        );
+        assert_eq!(
+            results
+                .iter()
+                .filter(|r| r.is_ok_and(|a| a.retransmission))
+                .count(),
+            1
+        );
+        assert_eq!(t.live.tracked(), 1);
+        assert_eq!(t.live_available(&f, 0), d("4"));
+    }
+}
+
+#[test]
+fn a_timeout_seen_before_an_answer_does_not_end_the_answered_call() {
+    // tick reads the state, then takes the account's lock: an answer may come in between.
+    let t = T::new(reserve(0));
+    let e = entry("0.60");
+    let f = t.figs("100", 0);
+    t.admit(1, &e, &f, 0).unwrap();
+    t.answer(1, 1000);
+    let slot = t.live.slot(&t.acct);
+    let mut l = slot.lock();
+    let now = t.live.now(t.at(180_000));
+    let ev = t
+        .live
+        .event_locked(&slot, &mut l, t.key(1), now, Ev::RingTimeout(0));
+    assert_eq!(ev, CallEvent::Ignored);
+    // An expiry deadline of an older call with the same key is not this call's either.
+    let ev = t
+        .live
+        .event_locked(&slot, &mut l, t.key(1), now, Ev::Expire(7));
+    assert_eq!(ev, CallEvent::Ignored);
+    drop(l);
+    assert!(t.live.call(t.key(1)).is_some());
+}
