@@ -11,6 +11,7 @@ pub mod config;
 pub mod core;
 pub mod credit;
 pub mod daemon;
+pub mod live;
 pub mod sched;
 pub mod snapshot;
 pub mod source;
