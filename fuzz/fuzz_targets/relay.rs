@@ -463,6 +463,7 @@ fn step(w: &World, seen: &mut Seen, data: &[u8], src: SocketAddr) {
             source: src,
             local: CG,
             now: w.t0 + Duration::from_secs(1),
+            wall_secs: 1_800_000_000,
         },
         &w.snap,
         &w.policy,
