@@ -3,6 +3,8 @@
 //! ACKs and in-dialog requests can be recognised statelessly and cannot be forged by a customer.
 //!
 //! * branch = `z9hG4bK` `cg` hex(HMAC("b", transaction id)[..8]) hex(HMAC("l", loop fields)[..4]).
+//!   The transaction id ends with the address creditgate wrote into the sender's Via
+//!   (`received`/`rport`), so the response target is covered too (SPEC 6 "Responses").
 //!   The first part is verified on responses (recomputed from the Via below ours), the second is
 //!   the RFC 3261 16.6 step 8 loop-detection hash (its fields are chosen in `proxy.rs`).
 //! * refusal To-tag = `cg` hex(HMAC("t", Call-ID, From-tag, CSeq number, top branch)[..8]).

@@ -383,6 +383,20 @@ fn ipv6_caller_to_ipv4_switch_is_double_record_routed() {
     };
     assert_eq!((*from, *to), (sa(CG), sa(SWITCH)));
     assert!(hdr(&text(bytes), "route").is_empty(), "{}", text(bytes));
+    // The pair and a Route after it on one line: only the pair is removed.
+    let route = format!("Route: {}, {}, <sip:127.0.0.2:5080;lr>\r\n", rr[1], rr[0]);
+    let bye = text(&in_dialog("BYE", "d6", "alice", &route, 3))
+        .replace("127.0.0.1:40000;rport", "[2001:db8::77]:40000;rport");
+    let o = run_at(&w, &p, bye.as_bytes(), caller6, "[::1]:5060", WALL);
+    assert_eq!(o.event, Event::Passed(PassKind::InDialog));
+    assert_eq!(hdr(&fwd(&o).1, "route"), ["<sip:127.0.0.2:5080;lr>"]);
+    // Two of our Routes with different tokens are not a pair: the second stays.
+    let other = rr[0].replace("cgt=", "cgt=1");
+    let route = format!("Route: {}\r\nRoute: {other}\r\n", rr[1]);
+    let bye = text(&in_dialog("BYE", "d6", "alice", &route, 4))
+        .replace("127.0.0.1:40000;rport", "[2001:db8::77]:40000;rport");
+    let o = run_at(&w, &p, bye.as_bytes(), caller6, "[::1]:5060", WALL);
+    assert_eq!(hdr(&fwd(&o).1, "route"), [other.as_str()]);
     // A caller on the switch's family gets one Record-Route.
     let (_, f) = fwd(&run(&w, &p, &invite("alice", "d4", ""), CALLER));
     assert_eq!(hdr(&f, "record-route").len(), 1);
