@@ -210,7 +210,8 @@ struct Call {
     entry: Arc<TariffEntry>,
     /// Ringing: its reserve cost. Answered: its `K`.
     hold: Decimal,
-    answer_ms: u64,
+    /// Answer time, ns since the epoch (exact: the cost rounds the duration up once).
+    answer_ns: u64,
     start_secs: u32,
     state: u8,
 }
@@ -320,10 +321,7 @@ impl LiveState {
             if !Arc::ptr_eq(&c.account, slot) || c.state != ANSWERED_CONST {
                 return None;
             }
-            let t0 = Now {
-                ns: c.answer_ms.saturating_mul(1_000_000),
-            }
-            .secs_floor();
+            let t0 = Now { ns: c.answer_ns }.secs_floor();
             let lin = Linear::new(&c.entry, t0);
             // A reused key's newer call may not be due yet: its own heap entry comes later.
             if lin.switch_at(c.hold).is_none_or(|at| at > now.secs_ceil()) {
@@ -407,7 +405,7 @@ impl LiveState {
                             account: Arc::clone(&slot),
                             entry: Arc::clone(entry),
                             hold: reserve,
-                            answer_ms: 0,
+                            answer_ns: 0,
                             start_secs: now.secs_floor(),
                             state: RINGING,
                         });
@@ -495,7 +493,7 @@ impl LiveState {
                     let t0 = now.secs_floor();
                     let (k, phase) = l.answer(key, c.hold, &c.entry, t0, now);
                     c.hold = k;
-                    c.answer_ms = now.ms();
+                    c.answer_ns = now.ns;
                     c.state = match phase {
                         Phase::Const => ANSWERED_CONST,
                         Phase::Linear => ANSWERED_LINEAR,
@@ -520,12 +518,9 @@ impl LiveState {
                     }
                 }
                 (Ev::End(cause), state) => {
-                    let elapsed_ms = now.ms().saturating_sub(c.answer_ms);
-                    let cost = c.entry.cost(elapsed_ms.div_ceil(1000));
-                    let t0 = Now {
-                        ns: c.answer_ms.saturating_mul(1_000_000),
-                    }
-                    .secs_floor();
+                    let elapsed_ns = now.ns.saturating_sub(c.answer_ns);
+                    let cost = c.entry.cost(elapsed_ns.div_ceil(1_000_000_000));
+                    let t0 = Now { ns: c.answer_ns }.secs_floor();
                     let lin = Linear::new(&c.entry, t0);
                     let phase = if state == ANSWERED_CONST {
                         Phase::Const

@@ -684,3 +684,26 @@ fn a_timeout_seen_before_an_answer_does_not_end_the_answered_call() {
     drop(l);
     assert!(t.live.call(t.key(1)).is_some());
 }
+
+#[test]
+fn the_cost_rounds_the_true_duration_up_once() {
+    // Answered at 10.0001 s, ended at 100.0009 s: 90.0008 s, billed 91 s.
+    let t = T::new(reserve(0));
+    let e = entry("0.60");
+    let f = t.figs("100", 0);
+    t.admit(1, &e, &f, 0).unwrap();
+    t.live
+        .answered(t.key(1), t.epoch + Duration::from_micros(10_000_100), WALL0);
+    let ev = t.live.bye(
+        t.key(1),
+        t.epoch + Duration::from_micros(100_000_900),
+        WALL0,
+    );
+    assert_eq!(
+        ev,
+        CallEvent::Ended {
+            cause: EndCause::Bye,
+            cost: d("0.91")
+        }
+    );
+}
