@@ -656,6 +656,11 @@ impl LiveState {
         })
     }
 
+    /// Whether `key` is a tracked call (in-dialog requests of a customer must belong to one).
+    pub fn is_tracked(&self, key: CallKey) -> bool {
+        self.calls.contains_key(&key)
+    }
+
     /// A tracked call, for the admin API.
     pub fn call(&self, key: CallKey) -> Option<CallInfo> {
         self.calls.get(&key).map(|c| CallInfo {

@@ -707,3 +707,15 @@ fn the_cost_rounds_the_true_duration_up_once() {
         }
     );
 }
+
+#[test]
+fn is_tracked_follows_the_call() {
+    let t = T::new(reserve(0));
+    let e = entry("0.60");
+    let f = t.figs("100", 0);
+    assert!(!t.live.is_tracked(t.key(1)));
+    t.admit(1, &e, &f, 0).unwrap();
+    assert!(t.live.is_tracked(t.key(1)));
+    t.bye(1, 0);
+    assert!(!t.live.is_tracked(t.key(1)));
+}

@@ -187,6 +187,34 @@ pub enum Refusal {
     KeyInUse,
 }
 
+impl Refusal {
+    /// The `[reply]` cause this refusal answers with (SPEC 3 and 7).
+    pub fn reply_cause(self) -> &'static str {
+        match self {
+            Refusal::InsufficientCredit => "insufficient_credit",
+            Refusal::ChannelLimit
+            | Refusal::CreditScaledChannels
+            | Refusal::TableFull
+            | Refusal::KeyInUse => "channel_limit",
+            Refusal::CpsLimit => "cps_limit",
+            Refusal::SpendLimit => "spend_limit",
+        }
+    }
+
+    /// A finer label for metrics and logs (`TableFull` is the capacity refusal to count).
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::InsufficientCredit => "insufficient_credit",
+            Refusal::ChannelLimit => "channel_limit",
+            Refusal::CreditScaledChannels => "credit_scaled_channels",
+            Refusal::CpsLimit => "cps_limit",
+            Refusal::SpendLimit => "spend_limit",
+            Refusal::TableFull => "table_full",
+            Refusal::KeyInUse => "key_in_use",
+        }
+    }
+}
+
 /// One ended call (or several merged), kept until a snapshot read after its end covers it.
 #[derive(Debug, Clone, Copy)]
 struct Ended {
