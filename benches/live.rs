@@ -3,6 +3,12 @@
 //! progress (it must be flat: O(1) in the account's calls), a tariff lookup, and the memory of
 //! 1,000,000 tracked calls (bytes per call, counted by a wrapping global allocator; printed
 //! once). Run: `cargo bench --bench live`.
+//!
+//! Rough figures (one short run, `--warm-up-time 1 --measurement-time 2`, on a 2-core machine
+//! shared with three compiling sessions, load ≈ 6; before the admission stopped computing the
+//! figures twice): admit+release 1.02 µs / 0.76 µs / 0.82 µs with 1 / 100 / 10,000 calls in
+//! progress (flat); normalise + lookup in a 10,000-prefix tariff 92 ns; 1,000,000 answered
+//! calls = 186.6 bytes per call (allocator-counted).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -390,7 +390,7 @@ impl LiveState {
                 credit_scaled: self.cfg.credit_scaled_channels,
                 reserve,
             };
-            match mine.map_or_else(|| l.check(now, &check), |_| Ok(0)) {
+            match mine.map_or_else(|| l.check(now, &check), |_| Ok((0, Decimal::ZERO))) {
                 Err(r) => Err(r),
                 Ok(_) if mine == Some(true) => Ok(Admitted {
                     retransmission: true,
@@ -398,7 +398,7 @@ impl LiveState {
                     live_available: figures.available,
                 }),
                 Ok(_) if mine == Some(false) => Err(Refusal::KeyInUse),
-                Ok(tat) => match self.calls.entry(key) {
+                Ok((tat, live)) => match self.calls.entry(key) {
                     dashmap::Entry::Occupied(_) => Err(Refusal::KeyInUse),
                     dashmap::Entry::Vacant(v) => {
                         v.insert(Call {
@@ -413,7 +413,7 @@ impl LiveState {
                         Ok(Admitted {
                             retransmission: false,
                             reserve,
-                            live_available: l.figures(now).live_available(figures.available),
+                            live_available: live.saturating_sub(reserve),
                         })
                     }
                 },

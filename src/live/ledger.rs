@@ -413,8 +413,9 @@ impl Ledger {
     }
 
     /// The admission check for a new call at `now` (after [`Ledger::sync`]). On success
-    /// returns the GCRA state to commit with [`Ledger::hold`]; nothing is changed either way.
-    pub fn check(&self, now: Now, c: &Check) -> Result<u64, Refusal> {
+    /// returns the GCRA state to commit with [`Ledger::hold`] and the live available credit
+    /// before the hold; nothing is changed either way.
+    pub fn check(&self, now: Now, c: &Check) -> Result<(u64, Decimal), Refusal> {
         let f = self.figures(now);
         let n = f.in_progress();
         if c.max_channels.is_some_and(|max| n >= max) {
@@ -455,7 +456,7 @@ impl Ledger {
                 return Err(Refusal::SpendLimit);
             }
         }
-        Ok(tat)
+        Ok((tat, live))
     }
 
     /// Records an admitted call: it rings and holds `reserve`; `tat` is [`Ledger::check`]'s.
