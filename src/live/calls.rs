@@ -341,6 +341,14 @@ impl LiveState {
     /// above zero and cover the reserve), credit-scaled channels, daily spend. The CPS bucket
     /// is charged only by admitted calls. An INVITE whose key is tracked for the same account
     /// is a retransmission: admitted, nothing new held.
+    ///
+    /// Rules (exact decimals): credit: live available `> 0` and `>= reserve`; credit-scaled
+    /// channels (with a reserve above zero): `(in progress + 1) × reserve <= live available +
+    /// Σ ringing reserves` (credit net of what answered calls hold, shared out one reserve per
+    /// call, counting ringing calls' reserves once); daily spend: refused when `spent_today +
+    /// today's ended-since-snapshot cost + Σ held + reserve >= daily_spend_limit` (calls in
+    /// progress count at what they hold, the new call at its reserve). `max_channels = 0` and
+    /// `max_cps = 0` refuse every call.
     pub fn admit(
         &self,
         account: &Arc<str>,

@@ -834,3 +834,9 @@ mod model {
         }
     }
 }
+
+#[test]
+fn live_state_is_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<LiveState>();
+}
