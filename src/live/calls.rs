@@ -724,3 +724,7 @@ fn pop_due(q: &Mutex<VecDeque<(u32, CallKey)>>, t: u32) -> Option<(u32, CallKey)
 #[cfg(test)]
 #[path = "calls_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "calls_model_tests.rs"]
+mod model_tests;

@@ -11,20 +11,20 @@ use crate::live::ledger::Refusal;
 use crate::live::tariff::TariffEntry;
 
 /// Midnight UTC, 2025-12-02.
-const WALL0: u64 = 20_424 * 86_400;
+pub(super) const WALL0: u64 = 20_424 * 86_400;
 
-fn d(s: &str) -> Decimal {
+pub(super) fn d(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap()
 }
 
-struct T {
-    live: LiveState,
-    epoch: Instant,
-    acct: Arc<str>,
+pub(super) struct T {
+    pub(super) live: LiveState,
+    pub(super) epoch: Instant,
+    pub(super) acct: Arc<str>,
 }
 
 impl T {
-    fn new(cfg: LiveConfig) -> T {
+    pub(super) fn new(cfg: LiveConfig) -> T {
         let epoch = Instant::now();
         T {
             live: LiveState::new(cfg, epoch),
@@ -32,16 +32,16 @@ impl T {
             acct: Arc::from("acme"),
         }
     }
-    fn at(&self, ms: u64) -> Instant {
+    pub(super) fn at(&self, ms: u64) -> Instant {
         self.epoch + Duration::from_millis(ms)
     }
-    fn key(&self, n: u64) -> CallKey {
+    pub(super) fn key(&self, n: u64) -> CallKey {
         self.live.call_key(format!("call-{n}@h").as_bytes(), b"tag")
     }
-    fn figs(&self, available: &str, read_ms: u64) -> AccountFigures {
+    pub(super) fn figs(&self, available: &str, read_ms: u64) -> AccountFigures {
         AccountFigures::new(d(available), self.at(read_ms))
     }
-    fn admit(
+    pub(super) fn admit(
         &self,
         n: u64,
         e: &Arc<TariffEntry>,
@@ -57,31 +57,31 @@ impl T {
             WALL0 + ms / 1000,
         )
     }
-    fn answer(&self, n: u64, ms: u64) -> CallEvent {
+    pub(super) fn answer(&self, n: u64, ms: u64) -> CallEvent {
         self.live
             .answered(self.key(n), self.at(ms), WALL0 + ms / 1000)
     }
-    fn bye(&self, n: u64, ms: u64) -> CallEvent {
+    pub(super) fn bye(&self, n: u64, ms: u64) -> CallEvent {
         self.live.bye(self.key(n), self.at(ms), WALL0 + ms / 1000)
     }
-    fn fail(&self, n: u64, ms: u64) -> CallEvent {
+    pub(super) fn fail(&self, n: u64, ms: u64) -> CallEvent {
         self.live
             .failed(self.key(n), self.at(ms), WALL0 + ms / 1000)
     }
-    fn figures(&self, f: &AccountFigures, ms: u64) -> Figures {
+    pub(super) fn figures(&self, f: &AccountFigures, ms: u64) -> Figures {
         self.live
             .figures(&self.acct, f, self.at(ms), WALL0 + ms / 1000)
     }
-    fn live_available(&self, f: &AccountFigures, ms: u64) -> Decimal {
+    pub(super) fn live_available(&self, f: &AccountFigures, ms: u64) -> Decimal {
         self.figures(f, ms).live_available(f.available)
     }
 }
 
-fn entry(s: &str) -> Arc<TariffEntry> {
+pub(super) fn entry(s: &str) -> Arc<TariffEntry> {
     Arc::new(TariffEntry::parse(s).unwrap())
 }
 
-fn reserve(secs: u32) -> LiveConfig {
+pub(super) fn reserve(secs: u32) -> LiveConfig {
     LiveConfig {
         reserve_secs: secs,
         ..LiveConfig::default()
@@ -718,121 +718,6 @@ fn is_tracked_follows_the_call() {
     assert!(t.live.is_tracked(t.key(1)));
     t.bye(1, 0);
     assert!(!t.live.is_tracked(t.key(1)));
-}
-
-mod model {
-    //! The running sums against a brute-force model over random event sequences.
-    use super::*;
-    use proptest::prelude::*;
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Admit(usize),
-        Answer(usize),
-        Bye(usize),
-        Fail(usize),
-        Wait(u64),
-        Refresh,
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            3 => (0..3usize).prop_map(Op::Admit),
-            3 => (0..40usize).prop_map(Op::Answer),
-            2 => (0..40usize).prop_map(Op::Bye),
-            1 => (0..40usize).prop_map(Op::Fail),
-            3 => (0..90_000u64).prop_map(Op::Wait),
-            1 => Just(Op::Refresh),
-        ]
-    }
-
-    struct M {
-        entry: Arc<TariffEntry>,
-        k: Decimal,
-        answered_ns: Option<u64>,
-        live: bool,
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-        #[test]
-        fn sums_match_a_scan(ops in proptest::collection::vec(op(), 1..120), reserve_secs in 0..120u32) {
-            let t = T::new(reserve(reserve_secs));
-            let entries = [entry("0.60"), entry("1.20 0.10 60/60"), entry("0.0125 0.05 30/6")];
-            let mut f = t.figs("1000000", 0);
-            let mut now_us = 0u64;
-            let mut calls: Vec<M> = Vec::new();
-            let mut ended: Vec<(u64, Decimal)> = Vec::new();
-            for op in ops {
-                let now = t.epoch + Duration::from_micros(now_us);
-                match op {
-                    Op::Admit(i) => {
-                        let n = calls.len() as u64;
-                        let e = &entries[i];
-                        t.live.admit(&t.acct, t.key(n), e, &f, now, WALL0).unwrap();
-                        let k = crate::live::ledger::reserve_cost(e, reserve_secs);
-                        calls.push(M { entry: Arc::clone(e), k, answered_ns: None, live: true });
-                    }
-                    Op::Answer(i) => if let Some(c) = calls.get_mut(i) {
-                        let ev = t.live.answered(t.key(i as u64), now, WALL0);
-                        if c.live && c.answered_ns.is_none() {
-                            prop_assert_eq!(ev, CallEvent::Answered);
-                            c.answered_ns = Some(now_us * 1000);
-                        } else {
-                            prop_assert_eq!(ev, CallEvent::Ignored);
-                        }
-                    },
-                    Op::Bye(i) | Op::Fail(i) => if let Some(c) = calls.get_mut(i) {
-                        let bye = matches!(op, Op::Bye(_));
-                        let ev = if bye {
-                            t.live.bye(t.key(i as u64), now, WALL0)
-                        } else {
-                            t.live.failed(t.key(i as u64), now, WALL0)
-                        };
-                        match (c.live, c.answered_ns, bye) {
-                            (true, Some(a), true) => {
-                                let cost = c.entry.cost((now_us * 1000 - a).div_ceil(1_000_000_000));
-                                prop_assert_eq!(ev, CallEvent::Ended { cause: EndCause::Bye, cost });
-                                ended.push((now_us / 1000, crate::live::ledger::round_up(cost)));
-                                c.live = false;
-                            }
-                            (true, None, _) => {
-                                let is_end = matches!(ev, CallEvent::Ended { .. });
-                                prop_assert!(is_end);
-                                c.live = false;
-                            }
-                            _ => prop_assert_eq!(ev, CallEvent::Ignored),
-                        }
-                    },
-                    Op::Wait(us) => now_us += us * 100,
-                    Op::Refresh => {
-                        f = t.figs("1000000", now_us / 1000);
-                        ended.retain(|(end_ms, _)| *end_ms >= now_us / 1000);
-                    }
-                }
-                let now = t.epoch + Duration::from_micros(now_us);
-                let fig = t.live.figures(&t.acct, &f, now, WALL0);
-                let (mut exact, mut slack) = (Decimal::ZERO, Decimal::ZERO);
-                for c in calls.iter().filter(|c| c.live) {
-                    match c.answered_ns {
-                        None => exact += c.k,
-                        Some(a) => {
-                            let secs = (now_us * 1000 - a).div_ceil(1_000_000_000);
-                            let kk = c.k.max(crate::live::ledger::round_up(c.entry.cost(0)));
-                            exact += kk.max(c.entry.cost(secs));
-                            slack += c.entry.rate_per_min * Decimal::from(c.entry.increment + 1) / d("60")
-                                + d("0.000000000001");
-                        }
-                    }
-                }
-                prop_assert!(fig.held() >= exact, "held {} < {}", fig.held(), exact);
-                prop_assert!(fig.held() <= exact + slack, "held {} > {} + {}", fig.held(), exact, slack);
-                let model_ended: Decimal = ended.iter().map(|(_, c)| *c).sum();
-                prop_assert!(fig.ended_since_snapshot >= model_ended);
-                prop_assert_eq!(fig.in_progress() as usize, calls.iter().filter(|c| c.live).count());
-            }
-        }
-    }
 }
 
 #[test]
