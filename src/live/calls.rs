@@ -684,6 +684,16 @@ impl LiveState {
         })
     }
 
+    /// The accounts with calls in progress, for a periodic low-credit sweep (answered calls
+    /// accrue with no packet passing). O(accounts with a ledger); off the packet path.
+    pub fn busy_accounts(&self) -> Vec<Arc<str>> {
+        self.accounts
+            .iter()
+            .filter(|s| Arc::strong_count(s.value()) > 1)
+            .map(|s| Arc::clone(s.key()))
+            .collect()
+    }
+
     /// Forgets the ledgers that hold nothing (accounts without calls); the daemon may call it
     /// after a refresh. O(accounts).
     pub fn forget_idle_accounts(&self) {

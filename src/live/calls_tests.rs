@@ -725,3 +725,15 @@ fn live_state_is_shared_between_threads() {
     fn shared<T: Send + Sync>() {}
     shared::<LiveState>();
 }
+
+#[test]
+fn busy_accounts_are_those_with_calls() {
+    let t = T::new(reserve(0));
+    let e = entry("0.60");
+    let f = t.figs("10", 0);
+    assert!(t.live.busy_accounts().is_empty());
+    t.admit(1, &e, &f, 0).unwrap();
+    assert_eq!(t.live.busy_accounts(), vec![Arc::clone(&t.acct)]);
+    t.fail(1, 0);
+    assert!(t.live.busy_accounts().is_empty());
+}

@@ -12,7 +12,9 @@
 //!   `R = Σ rate`, `P = Σ rate·t0`. A call holds `K` until its switch time (the first whole
 //!   second with `L ≥ K`, computed once at the answer), then `L`. Calls waiting for their
 //!   switch sit in a min-heap; [`Ledger::sync`] moves the due ones (each call moves once:
-//!   amortised O(log n) per call, nothing per admission).
+//!   amortised O(log n) per call, nothing per admission). A call's switch comes at most
+//!   `max(reserve, initial) + increment` seconds after its answer, so entries of calls that
+//!   ended earlier leave the heap within that time too.
 //!
 //! `L(t)` is an upper bound of the call's true cost: `billed(d) ≤ d + increment − 1` for
 //! `d > initial`, and `t − t0 ≥ ceil(elapsed)`. It over-holds by at most
