@@ -210,7 +210,8 @@ struct Call {
     entry: Arc<TariffEntry>,
     /// Ringing: its reserve cost. Answered: its `K`.
     hold: Decimal,
-    answer_ms: u64,
+    /// Answer time, ns since the epoch (exact: the cost rounds the duration up once).
+    answer_ns: u64,
     start_secs: u32,
     state: u8,
 }
@@ -320,10 +321,7 @@ impl LiveState {
             if !Arc::ptr_eq(&c.account, slot) || c.state != ANSWERED_CONST {
                 return None;
             }
-            let t0 = Now {
-                ns: c.answer_ms.saturating_mul(1_000_000),
-            }
-            .secs_floor();
+            let t0 = Now { ns: c.answer_ns }.secs_floor();
             let lin = Linear::new(&c.entry, t0);
             // A reused key's newer call may not be due yet: its own heap entry comes later.
             if lin.switch_at(c.hold).is_none_or(|at| at > now.secs_ceil()) {
@@ -343,6 +341,14 @@ impl LiveState {
     /// above zero and cover the reserve), credit-scaled channels, daily spend. The CPS bucket
     /// is charged only by admitted calls. An INVITE whose key is tracked for the same account
     /// is a retransmission: admitted, nothing new held.
+    ///
+    /// Rules (exact decimals): credit: live available `> 0` and `>= reserve`; credit-scaled
+    /// channels (with a reserve above zero): `(in progress + 1) × reserve <= live available +
+    /// Σ ringing reserves` (credit net of what answered calls hold, shared out one reserve per
+    /// call, counting ringing calls' reserves once); daily spend: refused when `spent_today +
+    /// today's ended-since-snapshot cost + Σ held + reserve >= daily_spend_limit` (calls in
+    /// progress count at what they hold, the new call at its reserve). `max_channels = 0` and
+    /// `max_cps = 0` refuse every call.
     pub fn admit(
         &self,
         account: &Arc<str>,
@@ -392,7 +398,7 @@ impl LiveState {
                 credit_scaled: self.cfg.credit_scaled_channels,
                 reserve,
             };
-            match mine.map_or_else(|| l.check(now, &check), |_| Ok(0)) {
+            match mine.map_or_else(|| l.check(now, &check), |_| Ok((0, Decimal::ZERO))) {
                 Err(r) => Err(r),
                 Ok(_) if mine == Some(true) => Ok(Admitted {
                     retransmission: true,
@@ -400,14 +406,14 @@ impl LiveState {
                     live_available: figures.available,
                 }),
                 Ok(_) if mine == Some(false) => Err(Refusal::KeyInUse),
-                Ok(tat) => match self.calls.entry(key) {
+                Ok((tat, live)) => match self.calls.entry(key) {
                     dashmap::Entry::Occupied(_) => Err(Refusal::KeyInUse),
                     dashmap::Entry::Vacant(v) => {
                         v.insert(Call {
                             account: Arc::clone(&slot),
                             entry: Arc::clone(entry),
                             hold: reserve,
-                            answer_ms: 0,
+                            answer_ns: 0,
                             start_secs: now.secs_floor(),
                             state: RINGING,
                         });
@@ -415,7 +421,7 @@ impl LiveState {
                         Ok(Admitted {
                             retransmission: false,
                             reserve,
-                            live_available: l.figures(now).live_available(figures.available),
+                            live_available: live.saturating_sub(reserve),
                         })
                     }
                 },
@@ -495,7 +501,7 @@ impl LiveState {
                     let t0 = now.secs_floor();
                     let (k, phase) = l.answer(key, c.hold, &c.entry, t0, now);
                     c.hold = k;
-                    c.answer_ms = now.ms();
+                    c.answer_ns = now.ns;
                     c.state = match phase {
                         Phase::Const => ANSWERED_CONST,
                         Phase::Linear => ANSWERED_LINEAR,
@@ -520,12 +526,9 @@ impl LiveState {
                     }
                 }
                 (Ev::End(cause), state) => {
-                    let elapsed_ms = now.ms().saturating_sub(c.answer_ms);
-                    let cost = c.entry.cost(elapsed_ms.div_ceil(1000));
-                    let t0 = Now {
-                        ns: c.answer_ms.saturating_mul(1_000_000),
-                    }
-                    .secs_floor();
+                    let elapsed_ns = now.ns.saturating_sub(c.answer_ns);
+                    let cost = c.entry.cost(elapsed_ns.div_ceil(1_000_000_000));
+                    let t0 = Now { ns: c.answer_ns }.secs_floor();
                     let lin = Linear::new(&c.entry, t0);
                     let phase = if state == ANSWERED_CONST {
                         Phase::Const
@@ -661,6 +664,11 @@ impl LiveState {
         })
     }
 
+    /// Whether `key` is a tracked call (in-dialog requests of a customer must belong to one).
+    pub fn is_tracked(&self, key: CallKey) -> bool {
+        self.calls.contains_key(&key)
+    }
+
     /// A tracked call, for the admin API.
     pub fn call(&self, key: CallKey) -> Option<CallInfo> {
         self.calls.get(&key).map(|c| CallInfo {
@@ -674,6 +682,16 @@ impl LiveState {
             hold: c.hold,
             rate_per_min: c.entry.rate_per_min,
         })
+    }
+
+    /// The accounts with calls in progress, for a periodic low-credit sweep (answered calls
+    /// accrue with no packet passing). O(accounts with a ledger); off the packet path.
+    pub fn busy_accounts(&self) -> Vec<Arc<str>> {
+        self.accounts
+            .iter()
+            .filter(|s| Arc::strong_count(s.value()) > 1)
+            .map(|s| Arc::clone(s.key()))
+            .collect()
     }
 
     /// Forgets the ledgers that hold nothing (accounts without calls); the daemon may call it
@@ -716,3 +734,7 @@ fn pop_due(q: &Mutex<VecDeque<(u32, CallKey)>>, t: u32) -> Option<(u32, CallKey)
 #[cfg(test)]
 #[path = "calls_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "calls_model_tests.rs"]
+mod model_tests;

@@ -11,20 +11,20 @@ use crate::live::ledger::Refusal;
 use crate::live::tariff::TariffEntry;
 
 /// Midnight UTC, 2025-12-02.
-const WALL0: u64 = 20_424 * 86_400;
+pub(super) const WALL0: u64 = 20_424 * 86_400;
 
-fn d(s: &str) -> Decimal {
+pub(super) fn d(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap()
 }
 
-struct T {
-    live: LiveState,
-    epoch: Instant,
-    acct: Arc<str>,
+pub(super) struct T {
+    pub(super) live: LiveState,
+    pub(super) epoch: Instant,
+    pub(super) acct: Arc<str>,
 }
 
 impl T {
-    fn new(cfg: LiveConfig) -> T {
+    pub(super) fn new(cfg: LiveConfig) -> T {
         let epoch = Instant::now();
         T {
             live: LiveState::new(cfg, epoch),
@@ -32,16 +32,16 @@ impl T {
             acct: Arc::from("acme"),
         }
     }
-    fn at(&self, ms: u64) -> Instant {
+    pub(super) fn at(&self, ms: u64) -> Instant {
         self.epoch + Duration::from_millis(ms)
     }
-    fn key(&self, n: u64) -> CallKey {
+    pub(super) fn key(&self, n: u64) -> CallKey {
         self.live.call_key(format!("call-{n}@h").as_bytes(), b"tag")
     }
-    fn figs(&self, available: &str, read_ms: u64) -> AccountFigures {
+    pub(super) fn figs(&self, available: &str, read_ms: u64) -> AccountFigures {
         AccountFigures::new(d(available), self.at(read_ms))
     }
-    fn admit(
+    pub(super) fn admit(
         &self,
         n: u64,
         e: &Arc<TariffEntry>,
@@ -57,31 +57,31 @@ impl T {
             WALL0 + ms / 1000,
         )
     }
-    fn answer(&self, n: u64, ms: u64) -> CallEvent {
+    pub(super) fn answer(&self, n: u64, ms: u64) -> CallEvent {
         self.live
             .answered(self.key(n), self.at(ms), WALL0 + ms / 1000)
     }
-    fn bye(&self, n: u64, ms: u64) -> CallEvent {
+    pub(super) fn bye(&self, n: u64, ms: u64) -> CallEvent {
         self.live.bye(self.key(n), self.at(ms), WALL0 + ms / 1000)
     }
-    fn fail(&self, n: u64, ms: u64) -> CallEvent {
+    pub(super) fn fail(&self, n: u64, ms: u64) -> CallEvent {
         self.live
             .failed(self.key(n), self.at(ms), WALL0 + ms / 1000)
     }
-    fn figures(&self, f: &AccountFigures, ms: u64) -> Figures {
+    pub(super) fn figures(&self, f: &AccountFigures, ms: u64) -> Figures {
         self.live
             .figures(&self.acct, f, self.at(ms), WALL0 + ms / 1000)
     }
-    fn live_available(&self, f: &AccountFigures, ms: u64) -> Decimal {
+    pub(super) fn live_available(&self, f: &AccountFigures, ms: u64) -> Decimal {
         self.figures(f, ms).live_available(f.available)
     }
 }
 
-fn entry(s: &str) -> Arc<TariffEntry> {
+pub(super) fn entry(s: &str) -> Arc<TariffEntry> {
     Arc::new(TariffEntry::parse(s).unwrap())
 }
 
-fn reserve(secs: u32) -> LiveConfig {
+pub(super) fn reserve(secs: u32) -> LiveConfig {
     LiveConfig {
         reserve_secs: secs,
         ..LiveConfig::default()
@@ -683,4 +683,57 @@ fn a_timeout_seen_before_an_answer_does_not_end_the_answered_call() {
     assert_eq!(ev, CallEvent::Ignored);
     drop(l);
     assert!(t.live.call(t.key(1)).is_some());
+}
+
+#[test]
+fn the_cost_rounds_the_true_duration_up_once() {
+    // Answered at 10.0001 s, ended at 100.0009 s: 90.0008 s, billed 91 s.
+    let t = T::new(reserve(0));
+    let e = entry("0.60");
+    let f = t.figs("100", 0);
+    t.admit(1, &e, &f, 0).unwrap();
+    t.live
+        .answered(t.key(1), t.epoch + Duration::from_micros(10_000_100), WALL0);
+    let ev = t.live.bye(
+        t.key(1),
+        t.epoch + Duration::from_micros(100_000_900),
+        WALL0,
+    );
+    assert_eq!(
+        ev,
+        CallEvent::Ended {
+            cause: EndCause::Bye,
+            cost: d("0.91")
+        }
+    );
+}
+
+#[test]
+fn is_tracked_follows_the_call() {
+    let t = T::new(reserve(0));
+    let e = entry("0.60");
+    let f = t.figs("100", 0);
+    assert!(!t.live.is_tracked(t.key(1)));
+    t.admit(1, &e, &f, 0).unwrap();
+    assert!(t.live.is_tracked(t.key(1)));
+    t.bye(1, 0);
+    assert!(!t.live.is_tracked(t.key(1)));
+}
+
+#[test]
+fn live_state_is_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<LiveState>();
+}
+
+#[test]
+fn busy_accounts_are_those_with_calls() {
+    let t = T::new(reserve(0));
+    let e = entry("0.60");
+    let f = t.figs("10", 0);
+    assert!(t.live.busy_accounts().is_empty());
+    t.admit(1, &e, &f, 0).unwrap();
+    assert_eq!(t.live.busy_accounts(), vec![Arc::clone(&t.acct)]);
+    t.fail(1, 0);
+    assert!(t.live.busy_accounts().is_empty());
 }

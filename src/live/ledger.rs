@@ -12,7 +12,9 @@
 //!   `R = Σ rate`, `P = Σ rate·t0`. A call holds `K` until its switch time (the first whole
 //!   second with `L ≥ K`, computed once at the answer), then `L`. Calls waiting for their
 //!   switch sit in a min-heap; [`Ledger::sync`] moves the due ones (each call moves once:
-//!   amortised O(log n) per call, nothing per admission).
+//!   amortised O(log n) per call, nothing per admission). A call's switch comes at most
+//!   `max(reserve, initial) + increment` seconds after its answer, so entries of calls that
+//!   ended earlier leave the heap within that time too.
 //!
 //! `L(t)` is an upper bound of the call's true cost: `billed(d) ≤ d + increment − 1` for
 //! `d > initial`, and `t − t0 ≥ ceil(elapsed)`. It over-holds by at most
@@ -185,6 +187,34 @@ pub enum Refusal {
     /// The call's key (Call-ID, initiator tag) is tracked for another account.
     #[error("call key in use by another account")]
     KeyInUse,
+}
+
+impl Refusal {
+    /// The `[reply]` cause this refusal answers with (SPEC 3 and 7).
+    pub fn reply_cause(self) -> &'static str {
+        match self {
+            Refusal::InsufficientCredit => "insufficient_credit",
+            Refusal::ChannelLimit
+            | Refusal::CreditScaledChannels
+            | Refusal::TableFull
+            | Refusal::KeyInUse => "channel_limit",
+            Refusal::CpsLimit => "cps_limit",
+            Refusal::SpendLimit => "spend_limit",
+        }
+    }
+
+    /// A finer label for metrics and logs (`TableFull` is the capacity refusal to count).
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::InsufficientCredit => "insufficient_credit",
+            Refusal::ChannelLimit => "channel_limit",
+            Refusal::CreditScaledChannels => "credit_scaled_channels",
+            Refusal::CpsLimit => "cps_limit",
+            Refusal::SpendLimit => "spend_limit",
+            Refusal::TableFull => "table_full",
+            Refusal::KeyInUse => "key_in_use",
+        }
+    }
 }
 
 /// One ended call (or several merged), kept until a snapshot read after its end covers it.
@@ -385,8 +415,9 @@ impl Ledger {
     }
 
     /// The admission check for a new call at `now` (after [`Ledger::sync`]). On success
-    /// returns the GCRA state to commit with [`Ledger::hold`]; nothing is changed either way.
-    pub fn check(&self, now: Now, c: &Check) -> Result<u64, Refusal> {
+    /// returns the GCRA state to commit with [`Ledger::hold`] and the live available credit
+    /// before the hold; nothing is changed either way.
+    pub fn check(&self, now: Now, c: &Check) -> Result<(u64, Decimal), Refusal> {
         let f = self.figures(now);
         let n = f.in_progress();
         if c.max_channels.is_some_and(|max| n >= max) {
@@ -427,7 +458,7 @@ impl Ledger {
                 return Err(Refusal::SpendLimit);
             }
         }
-        Ok(tat)
+        Ok((tat, live))
     }
 
     /// Records an admitted call: it rings and holds `reserve`; `tat` is [`Ledger::check`]'s.

@@ -136,3 +136,32 @@ fn day_roll_clears_today_but_not_the_ended_sum() {
         (d("0.5"), d("0.5"))
     );
 }
+
+#[test]
+fn refusals_answer_with_their_configured_cause() {
+    use Refusal::*;
+    let causes: Vec<_> = [
+        InsufficientCredit,
+        ChannelLimit,
+        CreditScaledChannels,
+        CpsLimit,
+        SpendLimit,
+        TableFull,
+        KeyInUse,
+    ]
+    .iter()
+    .map(|r| (r.reply_cause(), r.label()))
+    .collect();
+    assert_eq!(
+        causes,
+        [
+            ("insufficient_credit", "insufficient_credit"),
+            ("channel_limit", "channel_limit"),
+            ("channel_limit", "credit_scaled_channels"),
+            ("cps_limit", "cps_limit"),
+            ("spend_limit", "spend_limit"),
+            ("channel_limit", "table_full"),
+            ("channel_limit", "key_in_use"),
+        ]
+    );
+}
