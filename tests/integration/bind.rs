@@ -84,3 +84,28 @@ fn specific_address_under_a_wildcard_daemon_does_not_start() {
     let r = run_second(&test_config(port, switch.addr(), "60s"));
     assert_refused_naming(&r, SocketAddr::new(DAEMON_IP, port));
 }
+
+/// An admin address in use stops the start with one line naming it, the cause said once
+/// (`AdminError` prints its source and also returns it as `source()`).
+#[test]
+fn admin_address_in_use_is_named_with_its_cause_once() {
+    let switch = Switch::bind();
+    let held = std::net::TcpListener::bind(SocketAddr::new(DAEMON_IP, 0)).unwrap();
+    let addr = held.local_addr().unwrap();
+    let cfg = test_config(0, switch.addr(), "60s").replace(
+        "[admin]\nlisten = \"\"",
+        &format!("[admin]\nlisten = \"{addr}\""),
+    );
+    let r = run_second(&cfg);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains(&addr.to_string()))
+        .unwrap_or_else(|| panic!("{addr} not named:\n{}", r.stderr));
+    assert_eq!(
+        line.matches("Address already in use").count(),
+        1,
+        "the cause should appear once: {line}"
+    );
+}

@@ -4,10 +4,15 @@
 //!
 //! * [`harness`] — spawning the daemon, ports, configs, UDP endpoints, SIP read/build helpers;
 //! * [`proxy`] — SIP behaviour of SPEC section 6 end to end, and the config CLI (section 3);
-//! * [`sched`] — the scheduling classes of the daemon's threads (`[sip] realtime_priority`).
+//! * [`sched`] — the scheduling classes of the daemon's threads (`[sip] realtime_priority`);
+//! * [`startup`] — `check-config` and `run` agree on every file, faults exit 2;
+//! * [`bind`] — one daemon per SIP address;
+//! * [`cli`] — the `accounts` commands on a file-source config, closed pipes, help, wording;
+//! * [`docs`] — the documentation's recipes and examples, run.
 //!
-//! Run with `cargo test --test integration`. Each test starts its own daemon on its own
-//! ports, so tests run in parallel.
+//! Run with `cargo test --test integration`. Each test starts its own daemon, which binds port 0
+//! and logs what it bound (see [`harness`], "Ports"): no test picks a port it does not hold, so
+//! tests run in parallel, also as separate processes under `cargo nextest`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -276,6 +276,8 @@ fn live_settings_are_reported_as_not_enforced_at_start() {
         line.contains("WARN") && line.contains("live.max_tracked_calls"),
         "{line}"
     );
+    // call_expiry is the Route token's life: enforced, so not named.
+    assert!(!line.contains("call_expiry"), "{line}");
     let plain = crate::harness::Daemon::start(&test_config(0, switch.addr(), "60s"), ACCOUNTS);
     assert!(
         plain.wait_for_log("creditgate running", 1, Duration::from_secs(10)),
