@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
-use super::scan::is_token_char;
+use super::scan::{at, is_token_char};
 
 /// Grammar violation in a header value (the proxy answers 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,11 @@ impl<'a> Cur<'a> {
         }
     }
     fn peek(&self) -> Option<u8> {
-        (self.pos < self.end).then(|| self.buf[self.pos])
+        if self.pos < self.end {
+            self.buf.get(self.pos).copied()
+        } else {
+            None
+        }
     }
     fn at_end(&self) -> bool {
         self.pos >= self.end
@@ -193,13 +197,13 @@ fn host_port(c: &mut Cur<'_>) -> Option<(Range<usize>, Host, Option<u16>)> {
         if !c.eat(b']') {
             return None;
         }
-        Host::Ip(IpAddr::V6(parse_v6(&c.buf[inner])?))
+        Host::Ip(IpAddr::V6(parse_v6(at(c.buf, inner))?))
     } else {
         let r = c.take_while(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
         if r.is_empty() {
             return None;
         }
-        let txt = &c.buf[r.clone()];
+        let txt = at(c.buf, r.clone());
         if txt.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
             Host::Ip(IpAddr::V4(parse_v4(txt)?))
         } else {
@@ -220,7 +224,9 @@ fn host_port(c: &mut Cur<'_>) -> Option<(Range<usize>, Host, Option<u16>)> {
             c.pos = save;
             return None;
         }
-        let v: u32 = c.buf[d].iter().fold(0, |a, b| a * 10 + u32::from(b - b'0'));
+        let v: u32 = at(c.buf, d)
+            .iter()
+            .fold(0, |a, b| a * 10 + u32::from(b - b'0'));
         Some(u16::try_from(v).ok().filter(|p| *p != 0)?)
     } else {
         None
@@ -329,7 +335,7 @@ fn via_parm(c: &mut Cur<'_>) -> Option<Via> {
     };
     while let Some((name, value)) = c.generic_param()? {
         let pspan = name.start..c.pos;
-        let n = &c.buf[name];
+        let n = at(c.buf, name);
         if n.eq_ignore_ascii_case(b"branch") {
             v.branch = Some(value.clone()?);
         } else if n.eq_ignore_ascii_case(b"received") {
@@ -423,11 +429,11 @@ fn name_addr(c: &mut Cur<'_>) -> Option<NameAddr> {
                     b';' | b',' | b' ' | b'\t' | b'\r' | b'\n' | b'<' | b'>' | b'"'
                 )
             });
-            if r.is_empty() || !uri_shape_ok(&c.buf[r.clone()]) {
+            if r.is_empty() || !uri_shape_ok(at(c.buf, r.clone())) {
                 return None;
             }
             // A bare addr-spec must not carry '?' headers (RFC 3261 20: name-addr form required).
-            if c.buf[r.clone()].contains(&b'?') {
+            if at(c.buf, r.clone()).contains(&b'?') {
                 return None;
             }
             uri = r;
@@ -439,7 +445,7 @@ fn name_addr(c: &mut Cur<'_>) -> Option<NameAddr> {
         tag: None,
     };
     while let Some((name, value)) = c.generic_param()? {
-        if c.buf[name].eq_ignore_ascii_case(b"tag") {
+        if at(c.buf, name).eq_ignore_ascii_case(b"tag") {
             na.tag = Some(value?);
         }
         na.span.end = c.pos;
@@ -449,7 +455,7 @@ fn name_addr(c: &mut Cur<'_>) -> Option<NameAddr> {
 
 fn bracketed_uri(c: &mut Cur<'_>) -> Option<Range<usize>> {
     let r = c.take_while(|b| b != b'>' && b > b' ' && b != 0x7f && b != b'<');
-    if !c.eat(b'>') || r.is_empty() || !uri_shape_ok(&c.buf[r.clone()]) {
+    if !c.eat(b'>') || r.is_empty() || !uri_shape_ok(at(c.buf, r.clone())) {
         return None;
     }
     Some(r)
@@ -460,9 +466,10 @@ fn uri_shape_ok(u: &[u8]) -> bool {
     let Some(colon) = memchr::memchr(b':', u) else {
         return false;
     };
-    let scheme = &u[..colon];
-    !scheme.is_empty()
-        && scheme[0].is_ascii_alphabetic()
+    let Some(scheme) = u.get(..colon) else {
+        return false;
+    };
+    scheme.first().is_some_and(u8::is_ascii_alphabetic)
         && scheme
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
@@ -499,8 +506,11 @@ impl Uri {
         let p = buf.get(self.params.clone())?;
         p.split(|b| *b == b';').skip(1).find_map(|kv| {
             let (k, v) = match memchr::memchr(b'=', kv) {
-                Some(i) => (&kv[..i], &kv[i + 1..]),
-                None => (kv, &kv[kv.len()..]),
+                Some(i) => (
+                    kv.get(..i).unwrap_or_default(),
+                    kv.get(i + 1..).unwrap_or_default(),
+                ),
+                None => (kv, &[][..]),
             };
             k.eq_ignore_ascii_case(name).then_some(v)
         })
@@ -514,7 +524,7 @@ pub fn parse_uri(buf: &[u8], r: Range<usize>) -> Result<Uri, GrammarError> {
         return Err(GrammarError::Uri);
     }
     let colon = memchr::memchr(b':', u).ok_or(GrammarError::Uri)?;
-    let scheme_b = &u[..colon];
+    let scheme_b = u.get(..colon).ok_or(GrammarError::Uri)?;
     let scheme = if scheme_b.eq_ignore_ascii_case(b"sip") {
         Scheme::Sip
     } else if scheme_b.eq_ignore_ascii_case(b"sips") {
@@ -537,7 +547,9 @@ pub fn parse_uri(buf: &[u8], r: Range<usize>) -> Result<Uri, GrammarError> {
     match scheme {
         Scheme::Other => Ok(out),
         Scheme::Tel => {
-            let end = u[colon + 1..]
+            let end = u
+                .get(colon + 1..)
+                .ok_or(GrammarError::Uri)?
                 .iter()
                 .position(|b| *b == b';')
                 .map_or(r.end, |p| rest0 + p);
@@ -546,18 +558,18 @@ pub fn parse_uri(buf: &[u8], r: Range<usize>) -> Result<Uri, GrammarError> {
             Ok(out)
         }
         Scheme::Sip | Scheme::Sips => {
-            let body = &u[colon + 1..];
+            let body = u.get(colon + 1..).ok_or(GrammarError::Uri)?;
             // The userinfo ends at the one '@' a SIP URI can hold: '?' is a legal user
             // character (RFC 3261 25.1 user-unreserved, RFC 4475 intmeth) and '@' appears
             // nowhere else unescaped, so headers are only looked for after it.
             let at = memchr::memchr(b'@', body);
             let after_user = at.map_or(0, |a| a + 1);
-            let q =
-                memchr::memchr(b'?', &body[after_user..]).map_or(body.len(), |p| after_user + p);
+            let after = body.get(after_user..).ok_or(GrammarError::Uri)?;
+            let q = memchr::memchr(b'?', after).map_or(body.len(), |p| after_user + p);
             out.has_headers = q < body.len();
             let host_start = match at {
                 Some(at) => {
-                    let userinfo = &body[..at];
+                    let userinfo = body.get(..at).ok_or(GrammarError::Uri)?;
                     let ulen = memchr::memchr(b':', userinfo).unwrap_or(userinfo.len());
                     if ulen == 0 {
                         return Err(GrammarError::Uri);
@@ -597,7 +609,7 @@ fn is_host(v: &[u8]) -> bool {
 pub fn parse_cseq(buf: &[u8], value: Range<usize>) -> Result<(u32, Range<usize>), GrammarError> {
     let mut c = Cur::new(buf, value);
     let d = c.take_while(|b| b.is_ascii_digit());
-    let n = super::scan::parse_u32_digits(&buf[d])
+    let n = super::scan::parse_u32_digits(at(buf, d))
         .filter(|n| *n < 0x8000_0000)
         .ok_or(GrammarError::CSeq)?;
     if !c.lws() {
@@ -619,7 +631,8 @@ pub fn parse_max_forwards(v: &[u8]) -> Result<u8, GrammarError> {
     let trimmed = v
         .iter()
         .position(|b| *b != b'0')
-        .map_or(&v[v.len()..], |p| &v[p..]);
+        .and_then(|p| v.get(p..))
+        .unwrap_or_default();
     if trimmed.len() > 3 {
         return Ok(255);
     }

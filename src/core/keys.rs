@@ -42,10 +42,11 @@ impl std::fmt::Debug for Keys {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        if let (Some(_), Some(_)) = (out.get(2 * i), out.get(2 * i + 1)) {
-            out[2 * i] = HEX[usize::from(b >> 4)];
-            out[2 * i + 1] = HEX[usize::from(b & 15)];
+    // A nibble is < 16, so the `b'0'` fallbacks never apply.
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        if let [hi, lo] = pair {
+            *hi = HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0');
+            *lo = HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0');
         }
     }
 }

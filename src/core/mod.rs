@@ -10,6 +10,10 @@
 //! the credit decision (for the proxy and the admin API alike), and [`proxy`] holds the RFC 3261
 //! 16.11 stateless-proxy logic.
 
+// STYLE rule 10: no panicking index or slice in the core outside its tests (applies to every
+// submodule of `core`).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 pub mod admission;
 pub mod grammar;
 pub mod keys;

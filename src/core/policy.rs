@@ -187,7 +187,17 @@ impl Policy {
     }
 
     pub fn reply(&self, cause: RefusalCause) -> &ReplyTemplate {
-        &self.replies[cause.index()]
+        // Same order as `replies` is built in `Policy::new` (the order of `RefusalCause`).
+        let [insufficient, unknown, disabled, no_snapshot, channels, cps, spend] = &self.replies;
+        match cause {
+            RefusalCause::InsufficientCredit => insufficient,
+            RefusalCause::UnknownAccount => unknown,
+            RefusalCause::AccountDisabled => disabled,
+            RefusalCause::NoSnapshot => no_snapshot,
+            RefusalCause::ChannelLimit => channels,
+            RefusalCause::CpsLimit => cps,
+            RefusalCause::SpendLimit => spend,
+        }
     }
 
     /// Whether `host:port` (port `None` = 5060) names creditgate.

@@ -53,7 +53,7 @@ pub fn handle<'a>(pkt: Packet<'a>, snap: &Snapshot, policy: &Policy) -> Outcome<
             ref uri,
         } => {
             let (method, uri) = (method.clone(), uri.clone());
-            let class = MethodClass::of_method(&msg.buf[method.clone()]);
+            let class = MethodClass::of_method(scan::at(msg.buf, method.clone()));
             if super::scanner::is_scanner(&msg, pkt.source.ip(), policy) {
                 return Outcome {
                     method: class,
@@ -126,8 +126,12 @@ fn txn_parts<'b>(
     cseq: &'b [u8],
     target: &'b [u8],
 ) -> SmallVec<[&'b [u8]; 5]> {
-    let branch = via.branch.clone().map(|b| &buf[b]).unwrap_or_default();
-    let sent_by = &buf[via.sent_by()];
+    let branch = via
+        .branch
+        .clone()
+        .map(|b| scan::at(buf, b))
+        .unwrap_or_default();
+    let sent_by = scan::at(buf, via.sent_by());
     if branch.len() > MAGIC.len() && branch.starts_with(MAGIC) {
         SmallVec::from_slice(&[branch, sent_by, target])
     } else {
@@ -162,18 +166,18 @@ fn header<'m>(msg: &'m Message<'_>, kind: Hdr) -> impl Iterator<Item = &'m Heade
 
 /// The CSeq number as written (digits), for hashing.
 fn cseq_num_bytes<'b>(buf: &'b [u8], value: &Range<usize>) -> &'b [u8] {
-    let v = &buf[value.clone()];
+    let v = scan::at(buf, value.clone());
     let n = v
         .iter()
         .position(|b| !b.is_ascii_digit())
         .unwrap_or(v.len());
-    let digits = &v[..n];
+    let digits = v.get(..n).unwrap_or_default();
     // Leading zeros do not make a different transaction.
     let z = digits
         .iter()
         .position(|b| *b != b'0')
         .unwrap_or(digits.len().saturating_sub(1));
-    &digits[z..]
+    digits.get(z..).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,10 +193,16 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
     };
     let buf = msg.buf;
     let top = &tv.top;
-    let branch = top.branch.clone().map(|b| &buf[b]).unwrap_or_default();
+    let branch = top
+        .branch
+        .clone()
+        .map(|b| scan::at(buf, b))
+        .unwrap_or_default();
     if branch.len() != BRANCH_LEN
         || !branch.starts_with(OUR_BRANCH_PREFIX)
-        || !policy.is_own(&buf[top.host_span.clone()], top.host, top.port)
+        || !buf
+            .get(top.host_span.clone())
+            .is_some_and(|h| policy.is_own(h, top.host, top.port))
     {
         return Outcome::drop(DropReason::NotOurVia);
     }
@@ -202,13 +212,13 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
     // Verify the branch: recompute its transaction part from the Via below ours.
     let call_id = header(msg, Hdr::CallId)
         .next()
-        .map(|h| &buf[h.value.clone()])
+        .map(|h| scan::at(buf, h.value.clone()))
         .unwrap_or_default();
     let from_tag = header(msg, Hdr::From)
         .next()
         .and_then(|h| single_name_addr(buf, h.value.clone()).ok())
         .and_then(|na| na.tag)
-        .map(|t| &buf[t])
+        .map(|t| scan::at(buf, t))
         .unwrap_or_default();
     let cseq = header(msg, Hdr::CSeq)
         .next()
@@ -223,7 +233,7 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
     let want = policy
         .keys
         .branch_txn(&txn_parts(buf, next, call_id, from_tag, cseq, &target));
-    if !ct_eq(&branch[9..25], &want) {
+    if !branch.get(9..25).is_some_and(|mac| ct_eq(mac, &want)) {
         return Outcome::drop(DropReason::NotOurVia);
     }
     let Some(to) = usable_unicast(raw_to) else {
@@ -255,14 +265,14 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
 /// `rport` (else the sent-by port, else 5060). Not yet checked for being usable unicast.
 fn response_target(buf: &[u8], via: &Via) -> Option<SocketAddr> {
     let ip = match &via.received {
-        Some((_, v)) => parse_ip_text(&buf[v.clone()])?,
+        Some((_, v)) => parse_ip_text(scan::at(buf, v.clone()))?,
         None => match via.host {
             Host::Ip(ip) => ip,
             Host::Name => return None,
         },
     };
     let port = match &via.rport {
-        Some((_, Some(v))) => scan::parse_u32_digits(&buf[v.clone()])
+        Some((_, Some(v))) => scan::parse_u32_digits(scan::at(buf, v.clone()))
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0),
         _ => None,
@@ -320,7 +330,7 @@ fn handle_request<'a>(
     policy: &Policy,
 ) -> Outcome<'a> {
     let buf = msg.buf;
-    let method_b = &buf[method];
+    let method_b = scan::at(buf, method);
     let is_ack = method_b == b"ACK";
     let is_cancel = method_b == b"CANCEL";
 
@@ -334,7 +344,7 @@ fn handle_request<'a>(
     let cseq_h = header(msg, Hdr::CSeq).next();
     let call_id = header(msg, Hdr::CallId)
         .next()
-        .map(|h| &buf[h.value.clone()])
+        .map(|h| scan::at(buf, h.value.clone()))
         .unwrap_or_default();
     let from = header(msg, Hdr::From)
         .next()
@@ -344,7 +354,7 @@ fn handle_request<'a>(
     let from_tag = from
         .as_ref()
         .and_then(|f| f.tag.clone())
-        .map(|t| &buf[t])
+        .map(|t| scan::at(buf, t))
         .unwrap_or_default();
     let cseq = cseq_h
         .map(|h| cseq_num_bytes(buf, &h.value))
@@ -415,7 +425,7 @@ fn handle_request<'a>(
         return bad("Malformed To");
     }
     match cseq_h.map(|h| grammar::parse_cseq(buf, h.value.clone())) {
-        Some(Ok((_, m))) if &buf[m.clone()] == method_b => {}
+        Some(Ok((_, m))) if buf.get(m.clone()) == Some(method_b) => {}
         Some(Ok(_)) => return bad("CSeq method does not match the request"),
         _ => return bad("Malformed CSeq"),
     }
@@ -427,8 +437,17 @@ fn handle_request<'a>(
         Ok(u) => u,
         Err(_) => return bad("Malformed Request-URI"),
     };
-    let to_tag = req.to.as_ref().and_then(|t| t.tag.clone()).map(|t| &buf[t]);
-    let top_branch = tv.top.branch.clone().map(|b| &buf[b]).unwrap_or_default();
+    let to_tag = req
+        .to
+        .as_ref()
+        .and_then(|t| t.tag.clone())
+        .and_then(|t| buf.get(t));
+    let top_branch = tv
+        .top
+        .branch
+        .clone()
+        .map(|b| scan::at(buf, b))
+        .unwrap_or_default();
     let cseq_n = scan::parse_u32_digits(cseq).unwrap_or(0);
 
     // The ACK of creditgate's own refusal ends there (its To-tag is ours).
@@ -454,7 +473,7 @@ fn handle_request<'a>(
     }
 
     let mf = match header(msg, Hdr::MaxForwards).next() {
-        Some(h) => match grammar::parse_max_forwards(&buf[h.value.clone()]) {
+        Some(h) => match grammar::parse_max_forwards(scan::at(buf, h.value.clone())) {
             Ok(v) => Some((h, v)),
             Err(_) => return bad("Malformed Max-Forwards"),
         },
@@ -471,7 +490,7 @@ fn handle_request<'a>(
         let mut unsupported: SmallVec<[&[u8]; 4]> = SmallVec::new();
         for h in header(msg, Hdr::ProxyRequire) {
             unsupported.extend(
-                buf[h.value.clone()]
+                scan::at(buf, h.value.clone())
                     .split(|b| *b == b',')
                     .map(trim)
                     .filter(|t| !t.is_empty()),
@@ -491,17 +510,20 @@ fn handle_request<'a>(
     }
 
     // Loop detection (16.3 step 4): a Via of ours whose loop hash equals the one we would put.
-    let loop_hash = loop_hash(&req, &buf[uri.clone()], &routes, to_tag, policy);
+    let loop_hash = loop_hash(&req, scan::at(buf, uri.clone()), &routes, to_tag, policy);
     if header(msg, Hdr::Via).count() > 1 || tv.first_shared {
         let mut looped = false;
         for h in header(msg, Hdr::Via) {
             let _ = for_each_via(buf, h.value.clone(), |v| {
                 if let Some(b) = v.branch.clone() {
-                    let b = &buf[b];
+                    let b = scan::at(buf, b);
+                    // An unreadable hash or host counts as ours (refuse), never as a pass.
                     if b.len() == BRANCH_LEN
                         && b.starts_with(OUR_BRANCH_PREFIX)
-                        && b[25..] == loop_hash
-                        && policy.is_own(&buf[v.host_span.clone()], v.host, v.port)
+                        && b.get(25..).is_none_or(|h| h == loop_hash)
+                        && buf
+                            .get(v.host_span.clone())
+                            .is_none_or(|h| policy.is_own(h, v.host, v.port))
                     {
                         looped = true;
                     }
@@ -522,7 +544,11 @@ fn handle_request<'a>(
     }
 
     let from_upstream = policy.is_trusted(pkt.source.ip());
-    let ruri_user = ruri.user.clone().map(|u| &buf[u]).unwrap_or_default();
+    let ruri_user = ruri
+        .user
+        .clone()
+        .map(|u| scan::at(buf, u))
+        .unwrap_or_default();
     let is_check_method = policy
         .check_methods
         .iter()
@@ -779,14 +805,14 @@ fn loop_hash(
             if skip > 0 {
                 skip -= 1;
             } else {
-                parts.push(&buf[na.uri]);
+                parts.push(scan::at(buf, na.uri));
             }
             true
         });
     }
     if !matches!(req.method, b"INVITE" | b"ACK" | b"CANCEL") {
         parts.push(to_tag.unwrap_or_default());
-        parts.extend(header(msg, Hdr::ProxyAuthorization).map(|h| &buf[h.value.clone()]));
+        parts.extend(header(msg, Hdr::ProxyAuthorization).map(|h| scan::at(buf, h.value.clone())));
     }
     policy.keys.branch_loop(parts)
 }
@@ -800,7 +826,7 @@ fn trim(s: &[u8]) -> &[u8] {
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(a, |p| p + 1);
-    &s[a..z.max(a)]
+    s.get(a..z.max(a)).unwrap_or_default()
 }
 
 fn bracket(host: &str) -> Cow<'_, str> {
@@ -910,9 +936,9 @@ impl<'a> RouteInfo<'a> {
         for (na, _, _) in values.iter().take(2) {
             let uri = parse_uri(buf, na.uri.clone())?;
             let ours = matches!(uri.scheme, Scheme::Sip | Scheme::Sips)
-                && uri
-                    .host
-                    .is_some_and(|h| policy.is_own(&buf[uri.host_span.clone()], h, uri.port));
+                && uri.host.is_some_and(|h| {
+                    policy.is_own(scan::at(buf, uri.host_span.clone()), h, uri.port)
+                });
             if !ours {
                 break;
             }
@@ -1119,12 +1145,12 @@ fn build_reply(
                 top_via_edits(&mut e, &tv.top, pkt.source);
                 e.apply_range_into(buf, h.line.clone(), &mut out);
             }
-            _ => out.extend_from_slice(&buf[h.line.clone()]),
+            _ => out.extend_from_slice(scan::at(buf, h.line.clone())),
         }
         first = false;
     }
     if let Some(h) = header(msg, Hdr::From).next() {
-        out.extend_from_slice(&buf[h.line.clone()]);
+        out.extend_from_slice(scan::at(buf, h.line.clone()));
     }
     if let (Some(line), Some(to)) = (&req.to_line, &req.to) {
         if to.tag.is_none() {
@@ -1132,7 +1158,7 @@ fn build_reply(
                 .tv
                 .as_ref()
                 .and_then(|tv| tv.top.branch.clone())
-                .map(|b| &buf[b])
+                .map(|b| scan::at(buf, b))
                 .unwrap_or_default();
             let tag = policy.keys.refusal_tag(
                 req.call_id,
@@ -1144,14 +1170,14 @@ fn build_reply(
             e.insert(to.span.end, bytes(&[b";tag=", &tag]));
             e.apply_range_into(buf, line.clone(), &mut out);
         } else {
-            out.extend_from_slice(&buf[line.clone()]);
+            out.extend_from_slice(scan::at(buf, line.clone()));
         }
     } else if let Some(h) = header(msg, Hdr::To).next() {
-        out.extend_from_slice(&buf[h.line.clone()]);
+        out.extend_from_slice(scan::at(buf, h.line.clone()));
     }
     for kind in [Hdr::CallId, Hdr::CSeq] {
         if let Some(h) = header(msg, kind).next() {
-            out.extend_from_slice(&buf[h.line.clone()]);
+            out.extend_from_slice(scan::at(buf, h.line.clone()));
         }
     }
     for x in extra {
