@@ -18,6 +18,8 @@ command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 # A C/C++ toolchain: mimalloc is built from C, libFuzzer (scripts/fuzz.sh) from C++.
 command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# svwar / svcrack: the scanner and password-guesser tests (tests/integration/sipvicious.rs)
+command -v svwar >/dev/null 2>&1 || need_apt+=(sipvicious)
 # unshare (netns torture run), setpriv and prlimit (scheduling tests)
 for c in unshare setpriv prlimit; do command -v "$c" >/dev/null 2>&1 || { need_apt+=(util-linux); break; }; done
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
