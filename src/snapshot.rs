@@ -634,32 +634,14 @@ impl IpIndex {
         let (emptied, slot) = match net {
             IpNet::V4(n) => {
                 let len = n.prefix_len();
-                let emptied = match self.v4.entry(key4(u32::from(n.network()), len)) {
-                    Entry::Occupied(mut e) => {
-                        e.get_mut().retain(|c| &*c.id != id);
-                        let empty = e.get().is_empty();
-                        if empty {
-                            e.remove();
-                        }
-                        empty
-                    }
-                    Entry::Vacant(_) => false,
-                };
+                let emptied =
+                    remove_candidate(self.v4.entry(key4(u32::from(n.network()), len)), id);
                 (emptied, usize::from(len))
             }
             IpNet::V6(n) => {
                 let len = n.prefix_len();
-                let emptied = match self.v6.entry((len, mask6(u128::from(n.network()), len))) {
-                    Entry::Occupied(mut e) => {
-                        e.get_mut().retain(|c| &*c.id != id);
-                        let empty = e.get().is_empty();
-                        if empty {
-                            e.remove();
-                        }
-                        empty
-                    }
-                    Entry::Vacant(_) => false,
-                };
+                let key = (len, mask6(u128::from(n.network()), len));
+                let emptied = remove_candidate(self.v6.entry(key), id);
                 (emptied, V6_BASE + usize::from(len))
             }
         };
@@ -739,6 +721,21 @@ fn pick(cands: &Candidates, ruri_user: &[u8]) -> Option<Arc<str>> {
         None
     } else {
         best.map(|e| Arc::clone(&e.id))
+    }
+}
+
+/// Removes account `id` from one index slot; true when the slot became empty (and was removed).
+fn remove_candidate<K: Eq + std::hash::Hash>(entry: Entry<'_, K, Candidates>, id: &str) -> bool {
+    match entry {
+        Entry::Occupied(mut e) => {
+            e.get_mut().retain(|c| &*c.id != id);
+            let empty = e.get().is_empty();
+            if empty {
+                e.remove();
+            }
+            empty
+        }
+        Entry::Vacant(_) => false,
     }
 }
 
