@@ -355,6 +355,27 @@ pub struct LiveConfig {
     /// Forget a tracked call whose BYE never came after this long. Default `"4h"`, at least
     /// `"1m"`; keep it above your longest legitimate call.
     pub call_expiry: Duration,
+    /// Forget a tracked call never answered after this long. Default `"3m"`, at least `"1s"`
+    /// and at most `call_expiry`.
+    pub ring_timeout: Duration,
+    /// What a call to a number no rate covers gets. Default `admit` (on snapshot credit alone,
+    /// counted); `refuse` answers with `[reply] no_rate`.
+    pub unrated: Unrated,
+    /// SPEC section 9: live state shared by instances through Redis. Default `false`.
+    pub shared: bool,
+    /// SPEC section 9: what a dead instance held comes back after this. Default `"30s"`.
+    pub lease_ttl: Duration,
+}
+
+/// `live.unrated`: a call to a number that no tariff entry and no `rate_per_min` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrated {
+    /// Admitted on snapshot credit alone (and counted).
+    #[default]
+    Admit,
+    /// Refused with the `no_rate` cause.
+    Refuse,
 }
 
 impl Default for LiveConfig {
@@ -366,6 +387,10 @@ impl Default for LiveConfig {
             low_credit_threshold: None,
             max_tracked_calls: 1_000_000,
             call_expiry: Duration::from_secs(4 * 3600),
+            ring_timeout: Duration::from_secs(180),
+            unrated: Unrated::Admit,
+            shared: false,
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -460,6 +485,9 @@ pub struct ReplyConfig {
     pub cps_limit: ReplySpec,
     /// `daily_spend_limit` reached. Default 402 Payment Required.
     pub spend_limit: ReplySpec,
+    /// No tariff entry and no `rate_per_min` covers the dialled number, with
+    /// `live.unrated = "refuse"`. Default 403 Forbidden.
+    pub no_rate: ReplySpec,
     /// Whether a refusal tells the caller its cause (default `true`): each cause gets its own
     /// reply above and a `Reason: SIP;cause=CODE;text="CAUSE"` header. `false` hides what an
     /// unauthenticated scanner could learn from it: refusals for no credit
@@ -479,6 +507,7 @@ impl Default for ReplyConfig {
             channel_limit: ReplySpec::new(503, "Service Unavailable", None),
             cps_limit: ReplySpec::new(503, "Service Unavailable", Some(Duration::from_secs(1))),
             spend_limit: ReplySpec::new(402, "Payment Required", None),
+            no_rate: ReplySpec::new(403, "Forbidden", None),
             reveal_cause: true,
         }
     }
@@ -984,6 +1013,14 @@ struct RawLive {
     max_tracked_calls: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     call_expiry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ring_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unrated: Option<Unrated>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -996,6 +1033,8 @@ struct RawIdentify {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawReply {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_rate: Option<RawReplySpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     insufficient_credit: Option<RawReplySpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1480,6 +1519,43 @@ fn check_live(raw: RawLive, ck: &mut Checker) -> LiveConfig {
             }
         },
     );
+    let ring_timeout = value(
+        ck,
+        "live.ring_timeout",
+        raw.ring_timeout,
+        d.ring_timeout,
+        |s| {
+            let t = parse_duration(&s)?;
+            if t < Duration::from_secs(1) {
+                Err(format!("{s:?} is shorter than \"1s\""))
+            } else {
+                Ok(t)
+            }
+        },
+    );
+    if ring_timeout > call_expiry
+        && !ck.has_problem("live.ring_timeout")
+        && !ck.has_problem("live.call_expiry")
+    {
+        ck.push(
+            "live.ring_timeout",
+            format!(
+                "{} is longer than live.call_expiry ({}): a ringing call would outlive its Route token",
+                format_duration(ring_timeout),
+                format_duration(call_expiry)
+            ),
+        );
+    }
+    let unrated = raw.unrated.unwrap_or(d.unrated);
+    let shared = raw.shared.unwrap_or(d.shared);
+    let lease_ttl = value(ck, "live.lease_ttl", raw.lease_ttl, d.lease_ttl, |s| {
+        let t = parse_duration(&s)?;
+        if t < Duration::from_secs(1) {
+            Err(format!("{s:?} is shorter than \"1s\""))
+        } else {
+            Ok(t)
+        }
+    });
     LiveConfig {
         track_calls,
         reserve,
@@ -1487,6 +1563,10 @@ fn check_live(raw: RawLive, ck: &mut Checker) -> LiveConfig {
         low_credit_threshold,
         max_tracked_calls,
         call_expiry,
+        ring_timeout,
+        unrated,
+        shared,
+        lease_ttl,
     }
 }
 
@@ -1545,6 +1625,7 @@ fn check_reply(raw: RawReply, ck: &mut Checker) -> ReplyConfig {
         ),
         cps_limit: check_reply_spec(ck, "reply.cps_limit", raw.cps_limit, d.cps_limit),
         spend_limit: check_reply_spec(ck, "reply.spend_limit", raw.spend_limit, d.spend_limit),
+        no_rate: check_reply_spec(ck, "reply.no_rate", raw.no_rate, d.no_rate),
         reveal_cause: raw.reveal_cause.unwrap_or(d.reveal_cause),
     }
 }
@@ -2168,6 +2249,10 @@ impl From<&Config> for RawConfig {
             ),
             max_tracked_calls: Some(l.max_tracked_calls),
             call_expiry: Some(format_duration(l.call_expiry)),
+            ring_timeout: Some(format_duration(l.ring_timeout)),
+            unrated: Some(l.unrated),
+            shared: Some(l.shared),
+            lease_ttl: Some(format_duration(l.lease_ttl)),
         };
         let identify = RawIdentify {
             order: Some(c.identify.order.iter().map(ToString::to_string).collect()),
@@ -2188,6 +2273,7 @@ impl From<&Config> for RawConfig {
             channel_limit: spec(&r.channel_limit),
             cps_limit: spec(&r.cps_limit),
             spend_limit: spec(&r.spend_limit),
+            no_rate: spec(&r.no_rate),
             reveal_cause: Some(r.reveal_cause),
         };
         let admin = RawAdmin {

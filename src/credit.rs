@@ -303,10 +303,13 @@ pub enum RefusalCause {
     ChannelLimit,
     CpsLimit,
     SpendLimit,
+    /// No tariff entry and no `rate_per_min` covers the dialled number (`live.unrated =
+    /// "refuse"`).
+    NoRate,
 }
 
 impl RefusalCause {
-    pub const ALL: [RefusalCause; 7] = [
+    pub const ALL: [RefusalCause; 8] = [
         RefusalCause::InsufficientCredit,
         RefusalCause::UnknownAccount,
         RefusalCause::AccountDisabled,
@@ -314,6 +317,7 @@ impl RefusalCause {
         RefusalCause::ChannelLimit,
         RefusalCause::CpsLimit,
         RefusalCause::SpendLimit,
+        RefusalCause::NoRate,
     ];
 
     /// The `[reply]` key and metric label.
@@ -326,6 +330,7 @@ impl RefusalCause {
             RefusalCause::ChannelLimit => "channel_limit",
             RefusalCause::CpsLimit => "cps_limit",
             RefusalCause::SpendLimit => "spend_limit",
+            RefusalCause::NoRate => "no_rate",
         }
     }
 

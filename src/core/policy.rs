@@ -55,7 +55,7 @@ pub struct Policy {
     pub check_methods: Vec<Vec<u8>>,
     pub forward_other_methods: bool,
     pub identify: Vec<IdentifyRule>,
-    pub replies: [ReplyTemplate; 7],
+    pub replies: [ReplyTemplate; 8],
     pub on_stale: OnStale,
     pub max_staleness: Duration,
     pub on_no_snapshot: OnNoSnapshot,
@@ -152,6 +152,7 @@ impl Policy {
             reply_template(RefusalCause::ChannelLimit, &r.channel_limit, reveal),
             reply_template(RefusalCause::CpsLimit, &r.cps_limit, reveal),
             reply_template(RefusalCause::SpendLimit, hidden(&r.spend_limit), reveal),
+            reply_template(RefusalCause::NoRate, &r.no_rate, reveal),
         ];
         Ok(Policy {
             keys,
@@ -188,7 +189,8 @@ impl Policy {
 
     pub fn reply(&self, cause: RefusalCause) -> &ReplyTemplate {
         // Same order as `replies` is built in `Policy::new` (the order of `RefusalCause`).
-        let [insufficient, unknown, disabled, no_snapshot, channels, cps, spend] = &self.replies;
+        let [insufficient, unknown, disabled, no_snapshot, channels, cps, spend, no_rate] =
+            &self.replies;
         match cause {
             RefusalCause::InsufficientCredit => insufficient,
             RefusalCause::UnknownAccount => unknown,
@@ -197,6 +199,7 @@ impl Policy {
             RefusalCause::ChannelLimit => channels,
             RefusalCause::CpsLimit => cps,
             RefusalCause::SpendLimit => spend,
+            RefusalCause::NoRate => no_rate,
         }
     }
 

@@ -60,6 +60,9 @@ pub struct Shared {
     pub started: Instant,
     /// Bans after authentication failures (`[abuse]`, `ban.rs`).
     pub bans: ban::Bans,
+    /// The live-credit state (SPEC 7: call table, ledgers), when `[live] track_calls` is on.
+    /// Fixed at start (a SIGHUP that turns tracking on or off needs a restart).
+    pub live: Option<Arc<crate::live::calls::LiveState>>,
 }
 
 /// Name of the packet runtime's threads (`top -H`, `ps -L`; at most 15 bytes on Linux).
@@ -167,6 +170,7 @@ pub async fn run(
         counters: events::Counters::default(),
         started,
         bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
+        live: None,
     });
     shared
         .counters
@@ -457,6 +461,7 @@ pub(crate) fn test_shared(bound: &[std::net::SocketAddr]) -> Arc<Shared> {
         counters: events::Counters::default(),
         started,
         bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
+        live: None,
     })
 }
 
