@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod ban;
+pub mod calls;
 pub mod events;
 pub mod flood;
 pub mod logging;
@@ -154,8 +155,8 @@ pub async fn run(
     if !live.is_empty() {
         tracing::warn!(
             keys = %live.join(","),
-            "[live] settings are accepted but not enforced yet: this version admits on the \
-             snapshot's balance only (live credit, docs/contract.md, is not implemented)"
+            "[live] shared state is accepted but not implemented yet: each instance keeps its \
+             own live state (docs/contract.md section 9)"
         );
     }
     if prepared.key_source == preflight::KeySource::Random {
@@ -170,7 +171,7 @@ pub async fn run(
         counters: events::Counters::default(),
         started,
         bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
-        live: None,
+        live: live_state(&cfg.live, started),
     });
     shared
         .counters
@@ -220,6 +221,15 @@ pub async fn run(
         }
     }
     let refresh_task = tokio::spawn(refresher.clone().run(shutdown.clone()));
+    let calls_task = calls::spawn_timer(
+        Arc::clone(&shared),
+        cfg.live.low_credit_threshold,
+        |_| {},
+        |ev, _wall| {
+            tracing::info!(account = %ev.account, live_available = %ev.live_available, threshold = %ev.threshold, calls = ev.calls_in_progress, "low credit");
+        },
+        shutdown.clone(),
+    );
     tracing::info!(config = %config_path.display(), accounts = shared.snapshot.len(), "creditgate running");
 
     let watchdog = watchdog.map(|wd| wd.spawn(heartbeats, Arc::clone(&ops), shutdown.clone()));
@@ -245,6 +255,9 @@ pub async fn run(
         let _ = t.await;
     }
     let _ = refresh_task.await;
+    if let Some(t) = calls_task {
+        let _ = t.await;
+    }
     if let Some(t) = push_task {
         let _ = t.await;
     }
@@ -351,27 +364,40 @@ impl Reloader {
     }
 }
 
-/// The `[live]` keys set to something other than their default. Nothing enforces them yet (live
-/// credit is a later addition), so the daemon warns at start rather than let an operator believe
-/// a reserve or a channel cap protects them. Remove a key here once it is enforced.
-/// (`call_expiry` is not listed: it is also the life of the Route token.)
+/// The live state (SPEC 7) when `[live]` turns call tracking on: `track_calls`, or an option
+/// that needs it (a reserve, credit-scaled channels, a low-credit threshold).
+pub fn live_state(
+    live: &crate::config::LiveConfig,
+    epoch: Instant,
+) -> Option<Arc<crate::live::calls::LiveState>> {
+    let on = live.track_calls
+        || !live.reserve.is_zero()
+        || live.credit_scaled_channels
+        || live.low_credit_threshold.is_some();
+    on.then(|| {
+        Arc::new(crate::live::calls::LiveState::new(
+            crate::live::calls::LiveConfig {
+                reserve_secs: u32::try_from(live.reserve.as_secs_f64().ceil() as u64)
+                    .unwrap_or(u32::MAX),
+                credit_scaled_channels: live.credit_scaled_channels,
+                max_tracked_calls: live.max_tracked_calls,
+                ring_timeout: live.ring_timeout,
+                call_expiry: live.call_expiry,
+            },
+            epoch,
+        ))
+    })
+}
+
+/// The `[live]` keys of SPEC section 9 (several instances sharing live state), set to
+/// something other than their default. Nothing implements them yet, so the daemon warns at
+/// start rather than let an operator believe limits are shared. Remove a key here once it is
+/// enforced.
 pub fn live_not_enforced(live: &crate::config::LiveConfig) -> Vec<&'static str> {
     let d = crate::config::LiveConfig::default();
-    let checks: [(&'static str, bool); 5] = [
-        ("live.track_calls", live.track_calls != d.track_calls),
-        ("live.reserve", live.reserve != d.reserve),
-        (
-            "live.credit_scaled_channels",
-            live.credit_scaled_channels != d.credit_scaled_channels,
-        ),
-        (
-            "live.low_credit_threshold",
-            live.low_credit_threshold != d.low_credit_threshold,
-        ),
-        (
-            "live.max_tracked_calls",
-            live.max_tracked_calls != d.max_tracked_calls,
-        ),
+    let checks: [(&'static str, bool); 2] = [
+        ("live.shared", live.shared != d.shared),
+        ("live.lease_ttl", live.lease_ttl != d.lease_ttl),
     ];
     checks.into_iter().filter(|c| c.1).map(|c| c.0).collect()
 }
