@@ -183,6 +183,26 @@ pub fn admit_live(
     })
 }
 
+/// What [`admit_live`] would answer for a new call of `account` to Request-URI user
+/// `ruri_user` now, holding nothing (the admin API): the live available credit left after the
+/// call's reserve, or the refusal. Same rules, same order.
+pub fn probe_live(
+    live: &LiveState,
+    snap: &Snapshot,
+    policy: &Policy,
+    account: &str,
+    ruri_user: &[u8],
+    now: Instant,
+    wall_secs: u64,
+) -> Result<rust_decimal::Decimal, LiveRefusal> {
+    let Some(inputs) = live_inputs(snap, account, ruri_user) else {
+        return Err(LiveRefusal::Vanished);
+    };
+    let entry = price(&inputs, policy)?;
+    live.probe(account, entry, &inputs.figures, now, wall_secs)
+        .map_err(LiveRefusal::Ledger)
+}
+
 /// The identification rules in the configured order; the first that names a known account wins.
 pub fn identify<'a>(
     caller: &CallerInfo<'_, 'a>,

@@ -41,6 +41,7 @@ use crate::config::AdminConfig;
 use crate::core::admission;
 use crate::core::{AccountId, Policy};
 use crate::credit::valid_account_id;
+use crate::live::calls::LiveState;
 use crate::snapshot::Snapshot;
 
 /// Why the admin API could not start.
@@ -244,12 +245,41 @@ async fn get_metrics(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> R
 }
 
 /// The decision a new call of account `id` would get now: the core's own decision
-/// ([`admission::decide`]) for a caller already identified as `id`.
-pub fn decision_now(snap: &Snapshot, policy: &Policy, id: &str, now: Instant) -> Value {
+/// ([`admission::decide`]) for a caller already identified as `id`, then, with call tracking
+/// on, the live check ([`admission::probe_live`], holding nothing) for a call to Request-URI
+/// user `to` (empty: the account's own rate, no tariff prefix).
+pub fn decision_now(
+    snap: &Snapshot,
+    live: Option<&LiveState>,
+    policy: &Policy,
+    id: &str,
+    to: &[u8],
+    now: Instant,
+    wall_secs: u64,
+) -> Value {
     let cause = match admission::decide(snap, policy, now, || Some(AccountId::Borrowed(id))) {
-        Ok(_) => return json!({ "result": "admit", "forwarded": true }),
+        Ok(_) => match live.map(|l| admission::probe_live(l, snap, policy, id, to, now, wall_secs))
+        {
+            None => return json!({ "result": "admit", "forwarded": true }),
+            Some(Ok(left)) => {
+                return json!({
+                    "result": "admit",
+                    "forwarded": true,
+                    "live_available_after_reserve": left.to_string(),
+                })
+            }
+            Some(Err(r)) => {
+                let mut v = refusal_json(policy, r.cause());
+                v["live_reason"] = json!(r.label());
+                return v;
+            }
+        },
         Err((cause, _)) => cause,
     };
+    refusal_json(policy, cause)
+}
+
+fn refusal_json(policy: &Policy, cause: crate::credit::RefusalCause) -> Value {
     let tpl = policy.reply(cause);
     let reason = String::from_utf8_lossy(&tpl.status_line)
         .trim_end()
@@ -266,6 +296,87 @@ pub fn decision_now(snap: &Snapshot, policy: &Policy, id: &str, now: Instant) ->
     })
 }
 
+/// The `live` object of `GET /accounts/{id}` (SPEC 7): snapshot and live available credit,
+/// calls in progress and what they hold, ended calls not yet in a snapshot, the limits.
+fn live_json(
+    snap: &Snapshot,
+    live: Option<&LiveState>,
+    policy: &Policy,
+    id: &str,
+    now: Instant,
+    wall_secs: u64,
+) -> Value {
+    let Some(live) = live else {
+        return json!({ "tracking": false });
+    };
+    let Some(inputs) = admission::live_inputs(snap, id, b"") else {
+        return json!({ "tracking": true });
+    };
+    let fig = &inputs.figures;
+    let f = live.figures(id, fig, now, wall_secs);
+    let money = |d: Option<rust_decimal::Decimal>| d.map(|d| d.to_string());
+    json!({
+        "tracking": true,
+        "snapshot_available": fig.available.to_string(),
+        "live_available": f.live_available(fig.available).to_string(),
+        "calls_in_progress": f.in_progress(),
+        "ringing": f.ringing,
+        "answered": f.answered,
+        "held": f.held().to_string(),
+        "held_by_ringing_calls": f.held_ringing.to_string(),
+        "held_by_answered_calls": f.held_answered.to_string(),
+        "ended_since_snapshot": f.ended_since_snapshot.to_string(),
+        "ended_today": f.ended_today.to_string(),
+        "limits": {
+            "max_channels": fig.max_channels,
+            "max_cps": fig.max_cps,
+            "daily_spend_limit": money(fig.daily_spend_limit),
+            "spent_today": fig.spent_today.to_string(),
+            "reserve_seconds": live.config().reserve_secs,
+            "credit_scaled_channels": live.config().credit_scaled_channels,
+            "unrated": match policy.unrated {
+                crate::config::Unrated::Admit => "admit",
+                crate::config::Unrated::Refuse => "refuse",
+            },
+        },
+    })
+}
+
+/// The `to` object of `GET /accounts/{id}?to=NUMBER`: the price of a call to that number and
+/// the decision it would get now.
+fn to_json(
+    snap: &Snapshot,
+    live: Option<&LiveState>,
+    policy: &Policy,
+    id: &str,
+    to: &str,
+    now: Instant,
+    wall_secs: u64,
+) -> Value {
+    let price = admission::live_inputs(snap, id, to.as_bytes()).map(|i| match &i.entry {
+        Some(e) => json!({
+            "rate_per_min": e.rate_per_min.to_string(),
+            "connect_fee": e.connect_fee.to_string(),
+            "increments": format!("{}/{}", e.initial, e.increment),
+            "reserve_cost": live.map(|l| {
+                crate::live::ledger::reserve_cost(e, l.config().reserve_secs).to_string()
+            }),
+        }),
+        None => json!(null),
+    });
+    json!({
+        "number": to,
+        "price": price,
+        "decision": decision_now(snap, live, policy, id, to.as_bytes(), now, wall_secs),
+    })
+}
+
+fn wall_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn snapshot_json(snap: &Snapshot, policy: &Policy, now: Instant) -> Value {
     let age = snap.age(now);
     json!({
@@ -277,7 +388,23 @@ fn snapshot_json(snap: &Snapshot, policy: &Policy, now: Instant) -> Value {
     })
 }
 
-async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+/// The `to` query parameter (`?to=NUMBER`), percent-decoding left out: a dialled number is
+/// digits, `+`, `*` and `#` (`%23`/`%2B` are decoded).
+fn query_to(query: Option<&str>) -> Option<String> {
+    let v = query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("to="))?
+        .replace("%23", "#")
+        .replace("%2B", "+")
+        .replace("%2b", "+");
+    (!v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic())).then_some(v)
+}
+
+async fn get_account(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
     if !valid_account_id(&id) {
         return (
             StatusCode::BAD_REQUEST,
@@ -288,7 +415,9 @@ async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) 
     let policy = st.shared.policy.load();
     let snap = &st.shared.snapshot;
     let now = Instant::now();
-    let decision = decision_now(snap, &policy, &id, now);
+    let wall = wall_now();
+    let live = st.shared.live.as_deref();
+    let decision = decision_now(snap, live, &policy, &id, b"", now, wall);
     let snapshot = snapshot_json(snap, &policy, now);
     let Some(a) = snap.account(&id) else {
         return (
@@ -304,15 +433,17 @@ async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) 
     };
     let money = |d: Option<rust_decimal::Decimal>| d.map(|d| d.to_string());
     let available = a.available();
+    let live_obj = live_json(snap, live, &policy, &id, now, wall);
+    let to = query_to(query.as_deref()).map(|to| to_json(snap, live, &policy, &id, &to, now, wall));
     let body = json!({
         "id": &*a.id,
         "found": true,
         "balance": a.balance.to_string(),
         "debit_limit": a.debit_limit.to_string(),
         "available": available.to_string(),
-        // No calls are tracked yet ([live] track_calls), so nothing is held against the snapshot.
-        "live_available": available.to_string(),
-        "calls_in_progress": 0,
+        // Without call tracking nothing is held against the snapshot.
+        "live_available": live_obj.get("live_available").cloned().unwrap_or_else(|| json!(available.to_string())),
+        "calls_in_progress": live_obj.get("calls_in_progress").cloned().unwrap_or(json!(0)),
         "enabled": a.enabled,
         "ips": a.ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "tech_prefix": a.tech_prefix.as_deref(),
@@ -324,6 +455,8 @@ async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) 
         "spent_today": money(a.spent_today()),
         "decision": decision,
         "snapshot": snapshot,
+        "live": live_obj,
+        "to": to,
     });
     (StatusCode::OK, Json(body)).into_response()
 }
@@ -478,6 +611,57 @@ mod tests {
         snap
     }
 
+    /// With call tracking on, the admin decision is the proxy's live check, and asking holds
+    /// nothing.
+    #[test]
+    fn live_decision_is_the_proxys_and_holds_nothing() {
+        use crate::live::calls::{LiveConfig, LiveState};
+        let t0 = Instant::now();
+        let snap = Snapshot::new(t0);
+        let mut a = acct("alice", "1.00", "0", true);
+        a.limits = Some(Box::new(crate::credit::Limits {
+            rate_per_min: Some("1.00".parse().unwrap()),
+            ..Default::default()
+        }));
+        snap.apply_full(vec![a], t0, 0.5, false).unwrap();
+        let p = policy("", "[live]\ntrack_calls = true\nreserve = \"60s\"\n");
+        let live = LiveState::new(
+            LiveConfig {
+                reserve_secs: 60,
+                ..LiveConfig::default()
+            },
+            t0,
+        );
+        let now = t0 + std::time::Duration::from_secs(1);
+        for _ in 0..3 {
+            let v = decision_now(&snap, Some(&live), &p, "alice", b"", now, 0);
+            assert_eq!(v["result"], "admit", "{v}");
+            assert_eq!(v["live_available_after_reserve"], "0.00", "{v}");
+        }
+        assert_eq!(live.tracked(), 0, "asking holds nothing");
+        // A call through the proxy's path holds the reserve: the next one is refused.
+        let key = live.call_key(b"c1", b"t1");
+        crate::core::admission::admit_live(&live, &snap, &p, "alice", b"", key, now, 0).unwrap();
+        let v = decision_now(&snap, Some(&live), &p, "alice", b"", now, 0);
+        assert_eq!(
+            summary(&v),
+            ("refuse".into(), "insufficient_credit".into(), 402)
+        );
+        assert_eq!(v["live_reason"], "insufficient_credit");
+        let body = live_json(&snap, Some(&live), &p, "alice", now, 0);
+        assert_eq!(body["calls_in_progress"], 1);
+        let dec = |v: &Value| {
+            v.as_str()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        };
+        assert_eq!(dec(&body["held"]), rust_decimal::Decimal::ONE);
+        assert!(dec(&body["live_available"]).is_zero(), "{body}");
+        assert_eq!(query_to(Some("x=1&to=%2B4930")), Some("+4930".to_owned()));
+        assert_eq!(query_to(Some("to=")), None);
+    }
+
     fn summary(v: &Value) -> (String, String, i64) {
         (
             v["result"].as_str().unwrap_or_default().to_owned(),
@@ -626,7 +810,7 @@ mod tests {
         ];
         for (name, credit, extra, snap, id, now, want) in cases {
             let p = policy(credit, extra);
-            let got = decision_now(snap, &p, id, now);
+            let got = decision_now(snap, None, &p, id, b"", now, 0);
             assert_eq!(summary(&got), want, "{name}: {got}");
         }
         let p = policy(
@@ -634,10 +818,13 @@ mod tests {
             "[reply]\ninsufficient_credit = { code = 403, reason = \"Blocked Now\" }",
         );
         assert_eq!(
-            decision_now(&snap, &p, "bob", fresh)["sip_reason"],
+            decision_now(&snap, None, &p, "bob", b"", fresh, 0)["sip_reason"],
             "Blocked Now"
         );
-        assert_eq!(decision_now(&snap, &p, "bob", fresh)["forwarded"], false);
+        assert_eq!(
+            decision_now(&snap, None, &p, "bob", b"", fresh, 0)["forwarded"],
+            false
+        );
     }
 
     #[test]
