@@ -8,6 +8,7 @@ pub mod admin;
 pub mod ban;
 pub mod events;
 pub mod flood;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod net;
@@ -63,6 +64,8 @@ pub struct Shared {
     /// The live-credit state (SPEC 7: call table, ledgers), when `[live] track_calls` is on.
     /// Fixed at start (a SIGHUP that turns tracking on or off needs a restart).
     pub live: Option<Arc<crate::live::calls::LiveState>>,
+    /// Counters of live credit (calls answered and ended, live refusals, low-credit events).
+    pub live_counters: Arc<live::LiveCounters>,
 }
 
 /// Name of the packet runtime's threads (`top -H`, `ps -L`; at most 15 bytes on Linux).
@@ -171,6 +174,7 @@ pub async fn run(
         started,
         bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
         live: None,
+        live_counters: Arc::default(),
     });
     shared
         .counters
@@ -462,6 +466,7 @@ pub(crate) fn test_shared(bound: &[std::net::SocketAddr]) -> Arc<Shared> {
         started,
         bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
         live: None,
+        live_counters: Arc::default(),
     })
 }
 
