@@ -450,7 +450,8 @@ async fn publish_loop(
 pub(crate) fn test_shared_live(
     live: Option<Arc<crate::live::calls::LiveState>>,
 ) -> Arc<super::Shared> {
-    let shared = super::test_shared(&[]);
+    let bound: std::net::SocketAddr = ([127, 0, 0, 1], 5060).into();
+    let shared = super::test_shared(&[bound]);
     let Some(mut s) = Arc::into_inner(shared) else {
         unreachable!("a fresh Shared has one owner")
     };

@@ -664,10 +664,10 @@ mod tests {
         assert!(bytes > 0, "{text}");
         for name in [
             "creditgate_calls_tracked",
-            "creditgate_calls_answered",
-            "creditgate_calls_ended",
-            "creditgate_live_refusals",
-            "creditgate_low_credit_events",
+            "creditgate_calls_answered_total",
+            "creditgate_calls_ended_total",
+            "creditgate_live_refusals_total",
+            "creditgate_low_credit_events_total",
             "creditgate_live_state_bytes",
         ] {
             assert!(
