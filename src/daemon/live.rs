@@ -376,8 +376,20 @@ impl Link {
         self.conn.as_mut()
     }
 
-    /// A failed connect or publish: drop the connection, schedule the next attempt.
+    /// A failed connection attempt: the next one after the back-off, which doubles.
     fn failed(&mut self, channel: &str, error: &str) {
+        self.log(channel, error);
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// The open connection failed a publish: drop it and reconnect at the next event.
+    fn lost(&mut self, channel: &str, error: &str) {
+        self.log(channel, error);
+        self.retry_at = Instant::now();
+    }
+
+    fn log(&mut self, channel: &str, error: &str) {
         self.conn = None;
         self.failures += 1;
         // The first failure of a streak, then every 64th: a Redis down for an hour is a few
@@ -391,8 +403,6 @@ impl Link {
                 "cannot publish low-credit events on Redis; events meanwhile are counted as failed"
             );
         }
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -436,8 +446,7 @@ async fn publish_loop(
                 // back-off starts with the next failed attempt). No connection: already
                 // scheduled.
                 if link.conn.is_some() {
-                    link.failed(&channel, &e);
-                    link.retry_at = Instant::now();
+                    link.lost(&channel, &e);
                 }
             }
         }
