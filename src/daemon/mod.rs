@@ -9,6 +9,7 @@ pub mod ban;
 pub mod calls;
 pub mod events;
 pub mod flood;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod net;
@@ -64,6 +65,8 @@ pub struct Shared {
     /// The live-credit state (SPEC 7: call table, ledgers), when `[live] track_calls` is on.
     /// Fixed at start (a SIGHUP that turns tracking on or off needs a restart).
     pub live: Option<Arc<crate::live::calls::LiveState>>,
+    /// Counters of live credit (calls answered and ended, live refusals, low-credit events).
+    pub live_counters: Arc<live::LiveCounters>,
 }
 
 /// Name of the packet runtime's threads (`top -H`, `ps -L`; at most 15 bytes on Linux).
@@ -172,6 +175,7 @@ pub async fn run(
         started,
         bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
         live: live_state(&cfg.live, started),
+        live_counters: Arc::default(),
     });
     shared
         .counters
@@ -221,12 +225,36 @@ pub async fn run(
         }
     }
     let refresh_task = tokio::spawn(refresher.clone().run(shutdown.clone()));
+    // Low-credit events (SPEC 7) go to Redis pub/sub through a bounded queue; the publisher
+    // connects on its own, so the daemon starts while Redis is down.
+    let (low_tx, publish_task) = match (
+        cfg.live.low_credit_threshold.is_some() && shared.live.is_some(),
+        cfg.credit.source,
+    ) {
+        (true, crate::config::SourceKind::Redis) => {
+            let (tx, rx) = live::low_credit_channel(Arc::clone(&shared.live_counters));
+            let task = live::spawn_publisher(
+                &cfg.credit.redis_url,
+                &cfg.credit.key_prefix,
+                rx,
+                Arc::clone(&shared.live_counters),
+                shutdown.clone(),
+            )
+            .context("live.low_credit_threshold: cannot publish events to credit.redis_url")?;
+            (Some(tx), Some(task))
+        }
+        _ => (None, None),
+    };
+    let tick_counters = Arc::clone(&shared.live_counters);
     let calls_task = calls::spawn_timer(
         Arc::clone(&shared),
         cfg.live.low_credit_threshold,
-        |_| {},
-        |ev, _wall| {
+        move |st| tick_counters.tick(st),
+        move |ev, wall| {
             tracing::info!(account = %ev.account, live_available = %ev.live_available, threshold = %ev.threshold, calls = ev.calls_in_progress, "low credit");
+            if let Some(tx) = &low_tx {
+                tx.send(ev, wall);
+            }
         },
         shutdown.clone(),
     );
@@ -256,6 +284,9 @@ pub async fn run(
     }
     let _ = refresh_task.await;
     if let Some(t) = calls_task {
+        let _ = t.await;
+    }
+    if let Some(t) = publish_task {
         let _ = t.await;
     }
     if let Some(t) = push_task {
@@ -488,6 +519,7 @@ pub(crate) fn test_shared(bound: &[std::net::SocketAddr]) -> Arc<Shared> {
         started,
         bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
         live: None,
+        live_counters: Arc::default(),
     })
 }
 

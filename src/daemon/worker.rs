@@ -209,6 +209,7 @@ async fn serve(task: Task, shutdown: CancellationToken) {
             source,
             start,
         );
+        shared.live_counters.note(outcome.live);
         if let (Event::Passed(PassKind::Response), Action::Forward { to, bytes, .. }) =
             (&outcome.event, &outcome.action)
         {

@@ -815,6 +815,47 @@ impl LiveState {
         self.calls.capacity() * entry
             + (lock(&self.ring_fifo).capacity() + lock(&self.expiry_fifo).capacity()) * q
     }
+
+    /// The instant `CallInfo::started_secs` counts from.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// At most `limit` tracked calls of `account`, oldest first, for the admin API
+    /// (`GET /accounts/{id}/calls`). Scans the whole call table: O(tracked calls), admin-only,
+    /// never on the packet path (it holds one call-table shard's read lock at a time).
+    pub fn calls_of(&self, account: &str, limit: usize) -> Vec<(CallKey, CallInfo)> {
+        let mut out: Vec<(CallKey, CallInfo)> = self
+            .calls
+            .iter()
+            .filter(|c| &*c.account.id == account)
+            .take(limit)
+            .map(|c| {
+                let info = CallInfo {
+                    account: Arc::clone(&c.account.id),
+                    state: if c.state == RINGING {
+                        CallState::Ringing
+                    } else {
+                        CallState::Answered
+                    },
+                    started_secs: c.start_secs,
+                    hold: c.hold,
+                    rate_per_min: c.entry.rate_per_min,
+                };
+                (*c.key(), info)
+            })
+            .collect();
+        out.sort_unstable_by_key(|(k, c)| (c.started_secs, *k));
+        out
+    }
+}
+
+impl CallKey {
+    /// The key as 32 lowercase hex digits (the admin API's call id; not the Call-ID, which the
+    /// key hashes with a per-process secret).
+    pub fn to_hex(&self) -> String {
+        format!("{:016x}{:016x}", self.0, self.1)
+    }
 }
 
 /// Internal call events.

@@ -23,6 +23,7 @@ mod docs;
 mod flood;
 mod hardening;
 mod harness;
+mod live_ops;
 mod logs;
 mod ops;
 mod proxy;
