@@ -49,8 +49,8 @@ pub struct LiveConfig {
     /// `"2.50"` (money) or `"5m"` (time at the account's rate). `""` = `None` (default): no events.
     /// Events go to Redis, so this needs `credit.source = "redis"`.
     pub low_credit_threshold: Option<Threshold>,
-    /// Cap on tracked calls; beyond it new calls are still decided but not tracked (and counted).
-    /// Default 1000000 (a few hundred bytes each). At least 1.
+    /// Cap on tracked calls; at it a new call is refused (cause `channel_limit`), never silently
+    /// left untracked (SPEC section 7). Default 1000000 (a few hundred bytes each). At least 1.
     pub max_tracked_calls: usize,
     /// Forget a tracked call whose BYE never came after this long. Default `"4h"`, at least
     /// `"1m"`; keep it above your longest legitimate call.

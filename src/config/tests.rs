@@ -81,6 +81,44 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(example, expected);
 }
 
+/// Every key there is (all that `check-config` prints) is shown in both shipped examples, so an
+/// operator finds each option there with its default and a word of advice (issue 11). Reply
+/// entries count as one key each (`retry_after` is shown only where it has a default).
+#[test]
+fn shipped_examples_show_every_key() {
+    fn keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) if prefix.is_empty() => keys(&path, inner, out),
+                _ => out.push(path),
+            }
+        }
+    }
+    let effective: toml::Table = toml::from_str(&Config::default().effective_toml()).unwrap();
+    let mut every = Vec::new();
+    keys("", &effective, &mut every);
+    assert!(every.contains(&"live.lease_ttl".to_owned()), "{every:?}");
+    assert!(every.contains(&"reply.no_rate".to_owned()), "{every:?}");
+    for (name, example) in [
+        ("creditgate.toml", EXAMPLE),
+        ("creditgate-redis.toml", EXAMPLE_REDIS),
+    ] {
+        let doc: toml::Table = toml::from_str(example).unwrap();
+        let mut shown = Vec::new();
+        keys("", &doc, &mut shown);
+        let missing: Vec<&String> = every.iter().filter(|k| !shown.contains(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "config/{name} does not show {missing:?}"
+        );
+    }
+}
+
 /// Every table and sub-table of the shipped examples, found by walking the parsed TOML, with
 /// an unknown key injected: the error must name it (STYLE rule 8).
 #[test]
@@ -113,8 +151,8 @@ fn unknown_key_in_every_table_of_the_examples_is_named() {
         let doc: toml::Table = toml::from_str(example).unwrap();
         let mut paths = vec![String::new()];
         tables("", &doc, &mut paths);
-        // 8 tables + the root + 7 reply entries
-        assert_eq!(paths.len(), 16, "{paths:?}");
+        // 8 tables + the root + 8 reply entries
+        assert_eq!(paths.len(), 17, "{paths:?}");
         for path in paths {
             let mut doc = doc.clone();
             let segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
