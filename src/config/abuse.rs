@@ -164,7 +164,7 @@ pub(super) fn check_abuse(raw: RawAbuse, ck: &mut Checker) -> AbuseConfig {
 }
 
 impl From<&AbuseConfig> for RawAbuse {
-    /// The typed values in the file's notation, for [`Config::effective_toml`].
+    /// The typed values in the file's notation, for `Config::effective_toml`.
     fn from(a: &AbuseConfig) -> Self {
         RawAbuse {
             ban_after_auth_failures: Some(a.ban_after_auth_failures),

@@ -66,7 +66,7 @@ pub(super) fn check_admin(raw: RawAdmin, base_dir: &Path, ck: &mut Checker) -> A
 }
 
 impl From<&AdminConfig> for RawAdmin {
-    /// The typed values in the file's notation, for [`Config::effective_toml`].
+    /// The typed values in the file's notation, for `Config::effective_toml`.
     fn from(a: &AdminConfig) -> Self {
         RawAdmin {
             listen: Some(a.listen.map(|a| a.to_string()).unwrap_or_default()),

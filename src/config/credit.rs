@@ -242,7 +242,7 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 }
 
 impl From<&CreditConfig> for RawCredit {
-    /// The typed values in the file's notation, for [`Config::effective_toml`].
+    /// The typed values in the file's notation, for `Config::effective_toml`.
     fn from(cr: &CreditConfig) -> Self {
         RawCredit {
             source: Some(cr.source),

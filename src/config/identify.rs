@@ -107,7 +107,7 @@ fn parse_identify_rule(s: &str) -> Result<IdentifyRule, String> {
 }
 
 impl From<&IdentifyConfig> for RawIdentify {
-    /// The typed values in the file's notation, for [`Config::effective_toml`].
+    /// The typed values in the file's notation, for `Config::effective_toml`.
     fn from(i: &IdentifyConfig) -> Self {
         RawIdentify {
             order: Some(i.order.iter().map(ToString::to_string).collect()),

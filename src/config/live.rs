@@ -257,7 +257,7 @@ fn parse_threshold(s: &str) -> Result<Threshold, String> {
 }
 
 impl From<&LiveConfig> for RawLive {
-    /// The typed values in the file's notation, for [`Config::effective_toml`].
+    /// The typed values in the file's notation, for `Config::effective_toml`.
     fn from(l: &LiveConfig) -> Self {
         RawLive {
             track_calls: Some(l.track_calls),

@@ -108,7 +108,7 @@ fn check_log_level(level: &str) -> Result<(), String> {
 }
 
 impl From<&LogConfig> for RawLog {
-    /// The typed values in the file's notation, for [`Config::effective_toml`].
+    /// The typed values in the file's notation, for `Config::effective_toml`.
     fn from(l: &LogConfig) -> Self {
         RawLog {
             level: Some(l.level.clone()),

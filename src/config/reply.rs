@@ -280,7 +280,7 @@ fn standard_reason(code: u16) -> Option<&'static str> {
 }
 
 impl From<&ReplyConfig> for RawReply {
-    /// The typed values in the file's notation, for [`Config::effective_toml`].
+    /// The typed values in the file's notation, for `Config::effective_toml`.
     fn from(r: &ReplyConfig) -> Self {
         RawReply {
             insufficient_credit: Some(RawReplySpec::from(&r.insufficient_credit)),

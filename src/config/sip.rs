@@ -424,7 +424,7 @@ fn check_dns_name(host: &str) -> Result<(), String> {
 }
 
 impl From<&SipConfig> for RawSip {
-    /// The typed values in the file's notation, for [`Config::effective_toml`].
+    /// The typed values in the file's notation, for `Config::effective_toml`.
     fn from(s: &SipConfig) -> Self {
         RawSip {
             listen: Some(s.listen.iter().map(ToString::to_string).collect()),
