@@ -38,12 +38,13 @@ impl fmt::Display for Threshold {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveConfig {
     /// Follow admitted calls (2xx, BYE, CANCEL, final failures) to estimate live spend. Default
-    /// `false`. Needs `sip.record_route = true` to see the BYE.
+    /// `false`; implied by `reserve`, `credit_scaled_channels` and `low_credit_threshold` (see
+    /// [`LiveConfig::tracking`]). Needs `sip.record_route = true` to see the BYE.
     pub track_calls: bool,
     /// A new call must be covered for this long at the account's rate. Default `"0s"` (off).
     pub reserve: Duration,
     /// No more calls in progress than the live credit covers for `reserve`. Default `false`;
-    /// needs `track_calls = true` and `reserve` above zero.
+    /// needs `reserve` above zero (and implies call tracking).
     pub credit_scaled_channels: bool,
     /// Publish a low-credit event on `{prefix}events` when an account's live credit crosses this:
     /// `"2.50"` (money) or `"5m"` (time at the account's rate). `""` = `None` (default): no events.
@@ -76,6 +77,17 @@ pub enum Unrated {
     Admit,
     /// Refused with the `no_rate` cause.
     Refuse,
+}
+
+impl LiveConfig {
+    /// Whether calls are tracked: `track_calls`, or an option that needs the calls in progress
+    /// (SPEC 7: tracking is implied by every option below it).
+    pub fn tracking(&self) -> bool {
+        self.track_calls
+            || !self.reserve.is_zero()
+            || self.credit_scaled_channels
+            || self.low_credit_threshold.is_some()
+    }
 }
 
 impl Default for LiveConfig {
@@ -130,12 +142,6 @@ pub(super) fn check_live(raw: RawLive, ck: &mut Checker) -> LiveConfig {
         .credit_scaled_channels
         .unwrap_or(d.credit_scaled_channels);
     if credit_scaled_channels {
-        if !track_calls {
-            ck.push(
-                "live.credit_scaled_channels",
-                "needs live.track_calls = true (it counts the calls in progress)",
-            );
-        }
         if reserve.is_zero() && !ck.has_problem("live.reserve") {
             ck.push(
                 "live.credit_scaled_channels",
@@ -332,7 +338,7 @@ mod tests {
     #[test]
     fn live_cross_checks() {
         let msgs = problems(&with("[live]\ncredit_scaled_channels = true\n"));
-        assert_eq!(msgs.len(), 2, "{msgs:#?}");
+        assert_eq!(msgs.len(), 1, "{msgs:#?}");
         assert!(msgs.iter().all(|p| p.key == "live.credit_scaled_channels"));
         ok(&with(
             "[live]\ntrack_calls = true\nreserve = \"60s\"\ncredit_scaled_channels = true\n",
@@ -341,6 +347,12 @@ mod tests {
             &with("record_route = false\n[live]\ntrack_calls = true\n"),
             "live.track_calls",
         );
+        // An option that implies tracking needs the Record-Route too.
+        problem_at(
+            &with("record_route = false\n[live]\nreserve = \"30s\"\n"),
+            "live.track_calls",
+        );
+        ok(&with("[live]\nreserve = \"30s\"\n"));
         problem_at(
             &with("[live]\nmax_tracked_calls = 0\n"),
             "live.max_tracked_calls",

@@ -481,10 +481,12 @@ fn check_across_tables(config: &Config, ck: &mut Checker) {
             "low-credit events are published on Redis: needs credit.source = \"redis\"",
         );
     }
-    if config.live.track_calls && !config.sip.record_route {
+    if config.live.tracking() && !config.sip.record_route {
         ck.push(
             "live.track_calls",
-            "needs sip.record_route = true (without it BYEs bypass creditgate and calls never end)",
+            "call tracking (track_calls, or reserve, credit_scaled_channels, low_credit_threshold, \
+             which imply it) needs sip.record_route = true (without it BYEs bypass creditgate and \
+             calls never end)",
         );
     }
 }
