@@ -141,13 +141,11 @@ pub(super) fn check_live(raw: RawLive, ck: &mut Checker) -> LiveConfig {
     let credit_scaled_channels = raw
         .credit_scaled_channels
         .unwrap_or(d.credit_scaled_channels);
-    if credit_scaled_channels {
-        if reserve.is_zero() && !ck.has_problem("live.reserve") {
-            ck.push(
-                "live.credit_scaled_channels",
-                "needs live.reserve above \"0s\" (channels are scaled to the credit for reserve)",
-            );
-        }
+    if credit_scaled_channels && reserve.is_zero() && !ck.has_problem("live.reserve") {
+        ck.push(
+            "live.credit_scaled_channels",
+            "needs live.reserve above \"0s\" (channels are scaled to the credit for reserve)",
+        );
     }
     let low_credit_threshold = value(
         ck,
