@@ -23,6 +23,7 @@ mod docs;
 mod flood;
 mod hardening;
 mod harness;
+mod live;
 mod logs;
 mod ops;
 mod proxy;
