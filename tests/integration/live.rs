@@ -276,33 +276,12 @@ impl Live {
 
     /// The admin API's `live` object of account `id`.
     pub fn live_of(&self, id: &str) -> Json {
-        let r = get(self.admin, &format!("/accounts/{id}"));
-        assert_eq!(r.status, 200, "GET /accounts/{id}: {}", r.body);
-        let j = r.json();
-        let live = j["live"].clone();
-        assert!(
-            live.is_object(),
-            "GET /accounts/{id} has no `live` object: {}",
-            r.body
-        );
-        live
+        live_json(self.admin, id)
     }
 
-    /// Polls `GET /accounts/{id}` until `want(live)` holds; panics with the last body after
-    /// `limit`.
+    /// Polls `GET /accounts/{id}` until `want(live)` holds (see [`wait_live`]).
     pub fn wait_live(&self, id: &str, limit: Duration, what: &str, want: impl Fn(&Json) -> bool) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let live = self.live_of(id);
-            if want(&live) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: GET /accounts/{id} live is still {live:#} after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_live(self.admin, id, limit, what, want);
     }
 
     /// One counter or gauge now.
@@ -416,6 +395,43 @@ impl Call {
                     live.daemon.log()
                 )
             })
+    }
+}
+
+/// The `live` object of `GET /accounts/{id}` on the admin API at `admin`.
+pub(crate) fn live_json(admin: SocketAddr, id: &str) -> Json {
+    let r = get(admin, &format!("/accounts/{id}"));
+    assert_eq!(r.status, 200, "GET /accounts/{id}: {}", r.body);
+    let j = r.json();
+    let live = j["live"].clone();
+    assert!(
+        live.is_object(),
+        "GET /accounts/{id} has no `live` object: {}",
+        r.body
+    );
+    live
+}
+
+/// Polls `GET /accounts/{id}` until `want(live)` holds; panics with the last `live` object
+/// after `limit`.
+pub(crate) fn wait_live(
+    admin: SocketAddr,
+    id: &str,
+    limit: Duration,
+    what: &str,
+    want: impl Fn(&Json) -> bool,
+) -> Json {
+    let deadline = Instant::now() + limit;
+    loop {
+        let live = live_json(admin, id);
+        if want(&live) {
+            return live;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: GET /accounts/{id} live is still {live:#} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
