@@ -11,7 +11,8 @@
 //!   known field of each account.
 //! * `set ID --balance X ...`: `HSET` of the given fields (the merged record is validated first),
 //!   then `PUBLISH ID` on `{prefix}updates` so running daemons apply it at once.
-//! * `show ID`: the hash, field by field, and whether the daemon would accept it.
+//! * `show ID`: the hash, field by field, and whether the daemon would accept it; then, when a
+//!   daemon answers on `[admin] listen`, the account's live figures from it ([`super::live`]).
 //! * `list`: every account id with balance, debit limit and enabled flag.
 
 use std::collections::HashMap;
@@ -183,7 +184,9 @@ async fn run_async(cmd: AccountsCmd, cfg: &Config) -> anyhow::Result<bool> {
         }
         AccountsCmd::Show { id } => {
             let mut conn = connect(cfg).await?;
-            show(&mut conn, prefix, &id).await
+            let valid = show(&mut conn, prefix, &id).await?;
+            show_live(cfg, &id)?;
+            Ok(valid)
         }
         AccountsCmd::List { ids_only } => {
             let mut conn = connect(cfg).await?;
@@ -191,6 +194,15 @@ async fn run_async(cmd: AccountsCmd, cfg: &Config) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// The live figures of `id` from the running daemon, after the store's record (`show`).
+fn show_live(cfg: &Config, id: &str) -> anyhow::Result<()> {
+    let answer = super::live::ask_daemon(cfg, id);
+    for line in super::live::live_lines(&answer, id) {
+        out!("{line}");
+    }
+    Ok(())
 }
 
 /// A refused CSV row.
@@ -754,44 +766,9 @@ fn file_source(cmd: AccountsCmd, cfg: &Config, config_path: &Path) -> anyhow::Re
     let report = creditgate::source::file::parse_accounts(&text, file)?;
     match cmd {
         AccountsCmd::Show { id } => {
-            let table: toml::Table = text.parse().context("credit.file")?;
-            let entry = table
-                .get("account")
-                .and_then(|a| a.as_array())
-                .and_then(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_table())
-                        .find(|t| t.get("id").and_then(|v| v.as_str()) == Some(id.as_str()))
-                });
-            let Some(entry) = entry else {
-                out!("{}: account {id}: no such account", file.display());
-                return Ok(false);
-            };
-            out!("{}: account {id}", file.display());
-            for (k, v) in entry {
-                if k != "id" {
-                    out!("  {k} = {v}");
-                }
-            }
-            if let Some(bad) = report.bad.iter().find(|b| b.id == id) {
-                out!(
-                    "INVALID: field `{}`: {} (the daemon refuses this account's calls)",
-                    bad.field,
-                    bad.reason
-                );
-                return Ok(false);
-            }
-            match report.accounts.iter().find(|a| &*a.id == id.as_str()) {
-                Some(a) => {
-                    out!(
-                        "valid: available credit {} ({})",
-                        a.available(),
-                        if a.enabled { "enabled" } else { "disabled" }
-                    );
-                    Ok(true)
-                }
-                None => Ok(false),
-            }
+            let valid = file_show(&text, &report, file, &id)?;
+            show_live(cfg, &id)?;
+            Ok(valid)
         }
         AccountsCmd::List { ids_only } => {
             let mut accounts: Vec<&Account> = report.accounts.iter().collect();
@@ -823,5 +800,52 @@ fn file_source(cmd: AccountsCmd, cfg: &Config, config_path: &Path) -> anyhow::Re
             Ok(report.bad.is_empty())
         }
         AccountsCmd::Import { .. } | AccountsCmd::Set { .. } => Ok(false),
+    }
+}
+
+/// `show ID` on the file source: the account's table in `credit.file` and whether it loads.
+fn file_show(
+    text: &str,
+    report: &creditgate::source::LoadReport,
+    file: &Path,
+    id: &str,
+) -> anyhow::Result<bool> {
+    let table: toml::Table = text.parse().context("credit.file")?;
+    let entry = table
+        .get("account")
+        .and_then(|a| a.as_array())
+        .and_then(|a| {
+            a.iter()
+                .filter_map(|v| v.as_table())
+                .find(|t| t.get("id").and_then(|v| v.as_str()) == Some(id))
+        });
+    let Some(entry) = entry else {
+        out!("{}: account {id}: no such account", file.display());
+        return Ok(false);
+    };
+    out!("{}: account {id}", file.display());
+    for (k, v) in entry {
+        if k != "id" {
+            out!("  {k} = {v}");
+        }
+    }
+    if let Some(bad) = report.bad.iter().find(|b| b.id == id) {
+        out!(
+            "INVALID: field `{}`: {} (the daemon refuses this account's calls)",
+            bad.field,
+            bad.reason
+        );
+        return Ok(false);
+    }
+    match report.accounts.iter().find(|a| &*a.id == id) {
+        Some(a) => {
+            out!(
+                "valid: available credit {} ({})",
+                a.available(),
+                if a.enabled { "enabled" } else { "disabled" }
+            );
+            Ok(true)
+        }
+        None => Ok(false),
     }
 }

@@ -3,3 +3,4 @@
 //! Boundary: binary-only code (it may use `anyhow`); everything reusable lives in the library.
 
 pub mod accounts;
+pub mod live;

@@ -10,13 +10,16 @@
 //! formatting the outcome (a SIP refusal, a JSON answer) is the caller's business.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::grammar::{parse_uri, NameAddr};
 use super::scan::{Hdr, Message};
-use super::{AccountId, Policy};
-use crate::config::{IdentifyRule, OnNoSnapshot, OnStale};
+use super::{AccountId, LiveRefusal, Policy};
+use crate::config::{IdentifyRule, OnNoSnapshot, OnStale, Unrated};
 use crate::credit::{credit_decision, CreditDecision, RefusalCause};
+use crate::live::calls::{AccountFigures, Admitted, CallKey, LiveState};
+use crate::live::tariff::TariffEntry;
 use crate::snapshot::Snapshot;
 
 /// Why a call is refused, and the account it was identified as (if any).
@@ -84,6 +87,120 @@ pub fn decide<'a>(
         CreditDecision::Admit => Ok(Some(id)),
         CreditDecision::Refuse(cause) => Err((cause, Some(id))),
     }
+}
+
+/// What the live state needs of an account for one decision (SPEC 7): its snapshot figures and
+/// limits, and the price of the dialled number.
+#[derive(Debug, Clone)]
+pub struct LiveInputs {
+    pub figures: AccountFigures,
+    /// The tariff entry of the dialled number, else the account's `rate_per_min`; `None` when
+    /// neither covers it (unrated).
+    pub entry: Option<Arc<TariffEntry>>,
+}
+
+/// Reads [`LiveInputs`] of `account` for a call to Request-URI user `ruri_user`.
+pub fn live_inputs(snap: &Snapshot, account: &str, ruri_user: &[u8]) -> Option<LiveInputs> {
+    // TEMPORARY until the snapshot's one-read `live_view` lands: copies the account out.
+    let acct = snap.account(account)?;
+    let _ = ruri_user;
+    let limits = acct.limits.as_deref();
+    let read_at = Instant::now()
+        .checked_sub(snap.age(Instant::now()).unwrap_or_default())
+        .unwrap_or_else(Instant::now);
+    Some(LiveInputs {
+        figures: AccountFigures {
+            available: acct.balance.saturating_add(acct.debit_limit),
+            read_at,
+            max_channels: limits.and_then(|l| l.max_channels),
+            max_cps: limits.and_then(|l| l.max_cps),
+            daily_spend_limit: limits.and_then(|l| l.daily_spend_limit),
+            spent_today: limits.and_then(|l| l.spent_today).unwrap_or_default(),
+        },
+        entry: limits
+            .and_then(|l| l.rate_per_min)
+            .map(|r| Arc::new(TariffEntry::per_minute(r))),
+    })
+}
+
+/// The price a new call of `inputs`' account pays under the policy: its entry, the free entry
+/// for an unrated number admitted on snapshot credit, or `no_rate`.
+pub fn price<'i>(
+    inputs: &'i LiveInputs,
+    policy: &'i Policy,
+) -> Result<&'i Arc<TariffEntry>, LiveRefusal> {
+    match (&inputs.entry, policy.unrated) {
+        (Some(e), _) => Ok(e),
+        (None, Unrated::Admit) => Ok(&policy.free_entry),
+        (None, Unrated::Refuse) => Err(LiveRefusal::NoRate),
+    }
+}
+
+/// A new call the live state tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveAdmitted {
+    /// A retransmitted INVITE of a call already tracked: nothing new held.
+    pub retransmission: bool,
+    /// Dry run: the refusal the check would have given (the call is tracked anyway).
+    pub would_refuse: Option<LiveRefusal>,
+}
+
+/// The live half of the admission of a new call (SPEC 7), after [`admission`] admitted it on
+/// the snapshot (or, in a dry run, identified its account): the check and the hold as one
+/// step. `key` is the call's key (Call-ID and From-tag). In a dry run
+/// (`policy.enforce = false`) the call is tracked whatever the check says, and the check's
+/// verdict is returned in [`LiveAdmitted::would_refuse`]; `Err` then means it could not be
+/// tracked (table full, key of another account).
+#[allow(clippy::too_many_arguments)]
+pub fn admit_live(
+    live: &LiveState,
+    snap: &Snapshot,
+    policy: &Policy,
+    account: &str,
+    ruri_user: &[u8],
+    key: CallKey,
+    now: Instant,
+    wall_secs: u64,
+) -> Result<LiveAdmitted, LiveRefusal> {
+    let Some(inputs) = live_inputs(snap, account, ruri_user) else {
+        return Err(LiveRefusal::Vanished);
+    };
+    let (entry, unpriced) = match price(&inputs, policy) {
+        Ok(e) => (e, None),
+        Err(r) if policy.enforce => return Err(r),
+        // Dry run: tracked as a free call (nothing to hold), reported as refused.
+        Err(r) => (&policy.free_entry, Some(r)),
+    };
+    let admitted: Admitted = if policy.enforce {
+        live.admit(account, key, entry, &inputs.figures, now, wall_secs)
+    } else {
+        live.admit_dry_run(account, key, entry, &inputs.figures, now, wall_secs)
+    }
+    .map_err(LiveRefusal::Ledger)?;
+    Ok(LiveAdmitted {
+        retransmission: admitted.retransmission,
+        would_refuse: unpriced.or(admitted.would_refuse.map(LiveRefusal::Ledger)),
+    })
+}
+
+/// What [`admit_live`] would answer for a new call of `account` to Request-URI user
+/// `ruri_user` now, holding nothing (the admin API): the live available credit left after the
+/// call's reserve, or the refusal. Same rules, same order.
+pub fn probe_live(
+    live: &LiveState,
+    snap: &Snapshot,
+    policy: &Policy,
+    account: &str,
+    ruri_user: &[u8],
+    now: Instant,
+    wall_secs: u64,
+) -> Result<rust_decimal::Decimal, LiveRefusal> {
+    let Some(inputs) = live_inputs(snap, account, ruri_user) else {
+        return Err(LiveRefusal::Vanished);
+    };
+    let entry = price(&inputs, policy)?;
+    live.probe(account, entry, &inputs.figures, now, wall_secs)
+        .map_err(LiveRefusal::Ledger)
 }
 
 /// The identification rules in the configured order; the first that names a known account wins.

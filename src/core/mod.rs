@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use policy::{Listener, Policy, PolicyError};
-pub use proxy::handle;
+pub use proxy::{handle, handle_live};
 
 use crate::credit::RefusalCause;
 
@@ -318,12 +318,70 @@ impl MethodClass {
     }
 }
 
+/// Why the live state (SPEC 7) refused a new call: a ledger check, or no rate for the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LiveRefusal {
+    Ledger(crate::live::ledger::Refusal),
+    /// No tariff entry and no `rate_per_min` cover the dialled number (`unrated = "refuse"`).
+    NoRate,
+    /// The account left the snapshot between identification and the live check.
+    Vanished,
+}
+
+impl LiveRefusal {
+    /// The `[reply]` cause it answers with.
+    pub fn cause(self) -> RefusalCause {
+        use crate::live::ledger::Refusal as R;
+        match self {
+            LiveRefusal::Ledger(R::InsufficientCredit) => RefusalCause::InsufficientCredit,
+            LiveRefusal::Ledger(
+                R::ChannelLimit | R::CreditScaledChannels | R::TableFull | R::KeyInUse,
+            ) => RefusalCause::ChannelLimit,
+            LiveRefusal::Ledger(R::CpsLimit) => RefusalCause::CpsLimit,
+            LiveRefusal::Ledger(R::SpendLimit) => RefusalCause::SpendLimit,
+            LiveRefusal::NoRate => RefusalCause::NoRate,
+            LiveRefusal::Vanished => RefusalCause::UnknownAccount,
+        }
+    }
+
+    /// Metric label (`creditgate_live_refusals_total{reason}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            LiveRefusal::Ledger(r) => r.label(),
+            LiveRefusal::NoRate => "no_rate",
+            LiveRefusal::Vanished => "unknown_account",
+        }
+    }
+}
+
+/// What the live state did with a datagram (SPEC 7), for metrics. `None` when tracking is off
+/// or the datagram touched no tracked call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveNote {
+    #[default]
+    None,
+    /// A new call was admitted and is tracked (`retransmission`: it already was).
+    Tracked { retransmission: bool },
+    /// The live check refused the new call (or, in a dry run, would have: it is forwarded and
+    /// tracked anyway when it could be).
+    Refused(LiveRefusal),
+    /// A tracked call was answered.
+    Answered,
+    /// A tracked call ended.
+    Ended(crate::live::calls::EndCause),
+    /// A customer's in-dialog request with a valid Route token whose call is not tracked (ended,
+    /// expired, admitted before a restart): handled as out of dialog (in a dry run, passed).
+    Untracked,
+}
+
 /// The result of handling one datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome<'a> {
     pub action: Action,
     pub event: Event<'a>,
     pub method: MethodClass,
+    /// What the live state did (SPEC 7).
+    pub live: LiveNote,
 }
 
 impl<'a> Outcome<'a> {
@@ -332,6 +390,7 @@ impl<'a> Outcome<'a> {
             method: MethodClass::Unknown,
             action: Action::Drop,
             event: Event::Dropped(reason),
+            live: LiveNote::None,
         }
     }
 }

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::grammar::Host;
 use super::keys::Keys;
-use crate::config::{Config, IdentifyRule, OnNoSnapshot, OnStale, ReplySpec};
+use crate::config::{Config, IdentifyRule, OnNoSnapshot, OnStale, ReplySpec, Unrated};
 use crate::credit::RefusalCause;
 
 /// A listening socket as the core sees it.
@@ -65,6 +65,12 @@ pub struct Policy {
     /// Lower-case User-Agent substrings of scanners whose requests are dropped; empty when
     /// `[abuse] drop_scanners` is off (`scanner.rs`).
     pub scanner_agents: Vec<Vec<u8>>,
+    /// `[live] unrated`: a call no rate covers is admitted on snapshot credit, or refused
+    /// (`no_rate`).
+    pub unrated: Unrated,
+    /// The price of an unrated call admitted with `unrated = "admit"` (free: it holds nothing),
+    /// allocated once.
+    pub free_entry: std::sync::Arc<crate::live::tariff::TariffEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +190,8 @@ impl Policy {
             } else {
                 Vec::new()
             },
+            unrated: cfg.live.unrated,
+            free_entry: std::sync::Arc::new(crate::live::tariff::TariffEntry::free()),
         })
     }
 

@@ -22,9 +22,11 @@ use super::keys::{ct_eq, hex_into, BRANCH_LEN, TOKEN_LEN};
 use super::scan::{self, Hdr, HeaderLine, Message, Start};
 use super::splice::{bytes, Edits};
 use super::{
-    AccountId, Action, Answer, DropReason, Event, MethodClass, Outcome, Packet, PassKind, Policy,
+    AccountId, Action, Answer, DropReason, Event, LiveNote, MethodClass, Outcome, Packet, PassKind,
+    Policy,
 };
 use crate::credit::RefusalCause;
+use crate::live::calls::{CallEvent, LiveState};
 use crate::snapshot::Snapshot;
 
 const MAGIC: &[u8] = b"z9hG4bK";
@@ -32,8 +34,21 @@ const OUR_BRANCH_PREFIX: &[u8] = b"z9hG4bKcg";
 /// Max-Forwards assumed when a request carries none (RFC 3261 16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u8 = 70;
 
-/// Handles one datagram.
+/// Handles one datagram, with call tracking off.
 pub fn handle<'a>(pkt: Packet<'a>, snap: &Snapshot, policy: &Policy) -> Outcome<'a> {
+    handle_live(pkt, snap, policy, None)
+}
+
+/// Handles one datagram. `live` is the live-credit state (SPEC 7) when `[live] track_calls` is
+/// on: new INVITEs are checked and held in it, and the messages of tracked calls move them
+/// along (2xx answers, a final failure or 487 ends a ringing call, a BYE from the switch or
+/// the switch's 2xx to a customer's BYE ends an answered one).
+pub fn handle_live<'a>(
+    pkt: Packet<'a>,
+    snap: &Snapshot,
+    policy: &Policy,
+    live: Option<&LiveState>,
+) -> Outcome<'a> {
     if scan::is_keepalive(pkt.data) {
         return Outcome::drop(DropReason::KeepAlive);
     }
@@ -46,7 +61,7 @@ pub fn handle<'a>(pkt: Packet<'a>, snap: &Snapshot, policy: &Policy) -> Outcome<
     match msg.start {
         Start::Response { .. } => Outcome {
             method: MethodClass::Response,
-            ..handle_response(&msg, pkt, policy)
+            ..handle_response(&msg, pkt, policy, live)
         },
         Start::Request {
             ref method,
@@ -62,7 +77,7 @@ pub fn handle<'a>(pkt: Packet<'a>, snap: &Snapshot, policy: &Policy) -> Outcome<
             }
             Outcome {
                 method: class,
-                ..handle_request(&msg, method, uri, pkt, snap, policy)
+                ..handle_request(&msg, method, uri, pkt, snap, policy, live)
             }
         }
     }
@@ -183,7 +198,12 @@ fn cseq_num_bytes<'b>(buf: &'b [u8], value: &Range<usize>) -> &'b [u8] {
 // ---------------------------------------------------------------------------------------------
 // Responses
 
-fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> Outcome<'a> {
+fn handle_response<'a>(
+    msg: &Message<'a>,
+    pkt: Packet<'a>,
+    policy: &Policy,
+    live: Option<&LiveState>,
+) -> Outcome<'a> {
     if msg.defect.is_some() {
         return Outcome::drop(DropReason::MalformedResponse);
     }
@@ -250,6 +270,9 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
         e.delete(tv.first_line.clone());
     }
     let bytes = e.apply(buf, msg.body.end);
+    let live = live.map_or(LiveNote::None, |live| {
+        response_event(msg, live, call_id, from_tag, pkt)
+    });
     Outcome {
         method: MethodClass::Unknown,
         action: Action::Forward {
@@ -258,6 +281,50 @@ fn handle_response<'a>(msg: &Message<'a>, pkt: Packet<'a>, policy: &Policy) -> O
             bytes,
         },
         event: Event::Passed(PassKind::Response),
+        live,
+    }
+}
+
+/// What a verified response does to a tracked call (SPEC 7): the final response to its INVITE
+/// answers (2xx) or ends it (487: cancelled; any other >= 300: failed); a 2xx to a BYE ends
+/// it. The key is (Call-ID, From-tag): creditgate tracks the calls its customers start, and the
+/// responses to their requests carry their tag in From. Anything else is one missed lookup.
+fn response_event(
+    msg: &Message<'_>,
+    live: &LiveState,
+    call_id: &[u8],
+    from_tag: &[u8],
+    pkt: Packet<'_>,
+) -> LiveNote {
+    let Start::Response { code } = msg.start else {
+        return LiveNote::None;
+    };
+    if code < 200 {
+        return LiveNote::None;
+    }
+    let buf = msg.buf;
+    let Some(Ok((_, method))) = header(msg, Hdr::CSeq)
+        .next()
+        .map(|h| grammar::parse_cseq(buf, h.value.clone()))
+    else {
+        return LiveNote::None;
+    };
+    let key = || live.call_key(call_id, from_tag);
+    let event = match (scan::at(buf, method), code) {
+        (b"INVITE", 200..=299) => live.answered(key(), pkt.now, pkt.wall_secs),
+        (b"INVITE", 487) => live.cancelled(key(), pkt.now, pkt.wall_secs),
+        (b"INVITE", _) => live.failed(key(), pkt.now, pkt.wall_secs),
+        (b"BYE", 200..=299) => live.bye(key(), pkt.now, pkt.wall_secs),
+        _ => return LiveNote::None,
+    };
+    note_of(event)
+}
+
+fn note_of(event: CallEvent) -> LiveNote {
+    match event {
+        CallEvent::Ignored => LiveNote::None,
+        CallEvent::Answered => LiveNote::Answered,
+        CallEvent::Ended { cause, .. } => LiveNote::Ended(cause),
     }
 }
 
@@ -328,6 +395,7 @@ fn handle_request<'a>(
     pkt: Packet<'a>,
     snap: &Snapshot,
     policy: &Policy,
+    live: Option<&LiveState>,
 ) -> Outcome<'a> {
     let buf = msg.buf;
     let method_b = scan::at(buf, method);
@@ -555,8 +623,25 @@ fn handle_request<'a>(
         .any(|m| m.as_slice() == method_b);
 
     // The dialog our Route token vouches for (valid, unexpired), if any.
-    let dialog =
+    let mut dialog =
         to_tag.and_then(|tt| routes.verify(policy, call_id, req.from_tag, tt, pkt.wall_secs));
+    let mut note = LiveNote::None;
+    // With call tracking on, a customer's in-dialog request of a call it started must belong to
+    // a tracked call (SPEC 7): a token of an ended call is not a pass. ACK and CANCEL follow
+    // their INVITE and pass either way. In a dry run it passes, counted.
+    if let (Some(live), Some(d)) = (live, dialog) {
+        if !from_upstream
+            && d.sender_started
+            && !is_ack
+            && !is_cancel
+            && !live.is_tracked(live.call_key(call_id, req.from_tag))
+        {
+            note = LiveNote::Untracked;
+            if policy.enforce {
+                dialog = None;
+            }
+        }
+    }
 
     // Classify.
     let mut event = if from_upstream {
@@ -576,16 +661,87 @@ fn handle_request<'a>(
                 ruri_user,
                 source: pkt.source.ip(),
             };
-            match admission::admission(&caller, snap, policy, pkt.now) {
-                Ok(account) => Event::Admitted { account, call_id },
-                Err((cause, account)) if policy.enforce => {
+            let decided = admission::admission(&caller, snap, policy, pkt.now);
+            // The live check (SPEC 7) for a new call of an identified account: after the
+            // snapshot admitted it, or in a dry run whatever the snapshot said (it is forwarded
+            // and will spend, so it is tracked).
+            let tracked_account = match (&decided, live) {
+                (_, None) => None,
+                _ if method_b != b"INVITE" => None,
+                (Ok(Some(a)), Some(l)) => Some((a.clone(), l)),
+                (Err((_, Some(a))), Some(l)) if !policy.enforce => Some((a.clone(), l)),
+                _ => None,
+            };
+            let live_verdict = tracked_account.map(|(account, l)| {
+                let key = l.call_key(call_id, req.from_tag);
+                let verdict = admission::admit_live(
+                    l,
+                    snap,
+                    policy,
+                    account.as_str(),
+                    ruri_user,
+                    key,
+                    pkt.now,
+                    pkt.wall_secs,
+                );
+                (account, verdict)
+            });
+            match (decided, live_verdict) {
+                (Ok(account), None) => Event::Admitted { account, call_id },
+                (Ok(_), Some((account, Ok(a)))) => {
+                    note = match a.would_refuse {
+                        Some(r) => LiveNote::Refused(r),
+                        None => LiveNote::Tracked {
+                            retransmission: a.retransmission,
+                        },
+                    };
+                    match a.would_refuse {
+                        Some(r) => Event::WouldRefuse {
+                            cause: r.cause(),
+                            account: Some(account),
+                            call_id,
+                        },
+                        None => Event::Admitted {
+                            account: Some(account),
+                            call_id,
+                        },
+                    }
+                }
+                (Ok(_), Some((account, Err(r)))) if policy.enforce => {
+                    return Outcome {
+                        live: LiveNote::Refused(r),
+                        ..refusal(&req, pkt, policy, r.cause(), Some(account))
+                    };
+                }
+                (Ok(_), Some((account, Err(r)))) => {
+                    note = LiveNote::Refused(r);
+                    Event::WouldRefuse {
+                        cause: r.cause(),
+                        account: Some(account),
+                        call_id,
+                    }
+                }
+                (Err((cause, account)), _) if policy.enforce => {
                     return refusal(&req, pkt, policy, cause, account);
                 }
-                Err((cause, account)) => Event::WouldRefuse {
-                    cause,
-                    account,
-                    call_id,
-                },
+                (Err((cause, account)), verdict) => {
+                    if let Some((_, v)) = verdict {
+                        note = match v {
+                            Ok(a) => a.would_refuse.map_or(
+                                LiveNote::Tracked {
+                                    retransmission: a.retransmission,
+                                },
+                                LiveNote::Refused,
+                            ),
+                            Err(r) => LiveNote::Refused(r),
+                        };
+                    }
+                    Event::WouldRefuse {
+                        cause,
+                        account,
+                        call_id,
+                    }
+                }
             }
         } else if to_tag.is_some() && !policy.record_route {
             // Without Record-Route there is no token: a To-tag is all there is (docs say what
@@ -757,6 +913,14 @@ fn handle_request<'a>(
     } else if from_upstream {
         event = Event::Passed(PassKind::FromUpstream);
     }
+    // The switch's BYE ends the call at once (a trusted source; the call's initiator, the
+    // customer, is the To side). A customer's BYE does not: the switch's 2xx to it does
+    // (`response_event`), so a BYE the switch refuses leaves the call counted.
+    if let (Some(l), true, true) = (live, from_upstream, method_b == b"BYE") {
+        if let Some(tt) = to_tag {
+            note = note_of(l.bye(l.call_key(call_id, tt), pkt.now, pkt.wall_secs));
+        }
+    }
     Outcome {
         method: MethodClass::Unknown,
         action: Action::Forward {
@@ -765,6 +929,7 @@ fn handle_request<'a>(
             bytes,
         },
         event,
+        live: note,
     }
 }
 
@@ -894,6 +1059,10 @@ struct RouteInfo<'a> {
 struct Dialog {
     /// The trusted switch node that started the dialog (issue 9 item 3), still trusted.
     node: Option<SocketAddr>,
+    /// The token verified with the request's From-tag: its sender started the dialog (for a
+    /// customer, a call creditgate admitted). Otherwise the To-tag verified it: the sender is
+    /// the called party.
+    sender_started: bool,
 }
 
 impl<'a> RouteInfo<'a> {
@@ -1014,14 +1183,18 @@ impl<'a> RouteInfo<'a> {
                 &policy.keys.route_token(call_id, tag, issued, &node_bytes),
             )
         };
-        if !(ok(from_tag) || ok(to_tag)) {
+        let sender_started = ok(from_tag);
+        if !(sender_started || ok(to_tag)) {
             return None;
         }
         let node = match node_bytes.len() {
             0 => None,
             _ => Some(decode_addr(&node_bytes)?).filter(|n| policy.is_trusted(n.ip())),
         };
-        Some(Dialog { node })
+        Some(Dialog {
+            node,
+            sender_started,
+        })
     }
 }
 
@@ -1087,6 +1260,7 @@ fn refusal<'a>(
             account,
             call_id: req.call_id,
         },
+        live: LiveNote::None,
     }
 }
 
@@ -1121,6 +1295,7 @@ fn answer<'a>(
             bytes,
         },
         event: Event::Answered(kind),
+        live: LiveNote::None,
     }
 }
 

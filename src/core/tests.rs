@@ -1762,3 +1762,4 @@ fn admin_decision_is_the_proxys_decision() {
     ));
 }
 mod hardening;
+mod live;

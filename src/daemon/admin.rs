@@ -6,6 +6,7 @@
 //! | `GET /ready` | 200 once a snapshot is loaded and fresh; 503 with the reason otherwise (never loaded, older than `max_staleness`, a refresh held back by the `max_shrink` guard) |
 //! | `GET /metrics` | Prometheus text (OpenMetrics when asked for), see [`super::metrics`] |
 //! | `GET /accounts/{id}` | JSON: the snapshot entry, available credit, the decision a new call of the account would get now |
+//! | `GET /accounts/{id}/calls` | JSON: the account's tracked calls (`?limit=N`, default 1000); `"tracking": false` while `[live] track_calls` is off |
 //! | `POST /refresh` | a full refresh now; `?force=1` applies one the shrink guard held back |
 //! | `GET /bans` | JSON: the sources banned for authentication failures (`[abuse]`, `ban.rs`) |
 //! | `DELETE /bans/{ip}` | lifts the ban of `ip` (its IPv6 /64); 404 when it was not banned |
@@ -41,6 +42,7 @@ use crate::config::AdminConfig;
 use crate::core::admission;
 use crate::core::{AccountId, Policy};
 use crate::credit::valid_account_id;
+use crate::live::calls::LiveState;
 use crate::snapshot::Snapshot;
 
 /// Why the admin API could not start.
@@ -130,6 +132,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(get_metrics))
         .route("/accounts/{id}", get(get_account))
+        .route("/accounts/{id}/calls", get(get_account_calls))
         .route("/refresh", post(post_refresh))
         .route("/bans", get(get_bans))
         .route("/bans/{ip}", axum::routing::delete(delete_ban))
@@ -244,12 +247,41 @@ async fn get_metrics(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> R
 }
 
 /// The decision a new call of account `id` would get now: the core's own decision
-/// ([`admission::decide`]) for a caller already identified as `id`.
-pub fn decision_now(snap: &Snapshot, policy: &Policy, id: &str, now: Instant) -> Value {
+/// ([`admission::decide`]) for a caller already identified as `id`, then, with call tracking
+/// on, the live check ([`admission::probe_live`], holding nothing) for a call to Request-URI
+/// user `to` (empty: the account's own rate, no tariff prefix).
+pub fn decision_now(
+    snap: &Snapshot,
+    live: Option<&LiveState>,
+    policy: &Policy,
+    id: &str,
+    to: &[u8],
+    now: Instant,
+    wall_secs: u64,
+) -> Value {
     let cause = match admission::decide(snap, policy, now, || Some(AccountId::Borrowed(id))) {
-        Ok(_) => return json!({ "result": "admit", "forwarded": true }),
+        Ok(_) => match live.map(|l| admission::probe_live(l, snap, policy, id, to, now, wall_secs))
+        {
+            None => return json!({ "result": "admit", "forwarded": true }),
+            Some(Ok(left)) => {
+                return json!({
+                    "result": "admit",
+                    "forwarded": true,
+                    "live_available_after_reserve": left.to_string(),
+                })
+            }
+            Some(Err(r)) => {
+                let mut v = refusal_json(policy, r.cause());
+                v["live_reason"] = json!(r.label());
+                return v;
+            }
+        },
         Err((cause, _)) => cause,
     };
+    refusal_json(policy, cause)
+}
+
+fn refusal_json(policy: &Policy, cause: crate::credit::RefusalCause) -> Value {
     let tpl = policy.reply(cause);
     let reason = String::from_utf8_lossy(&tpl.status_line)
         .trim_end()
@@ -266,6 +298,87 @@ pub fn decision_now(snap: &Snapshot, policy: &Policy, id: &str, now: Instant) ->
     })
 }
 
+/// The `live` object of `GET /accounts/{id}` (SPEC 7): snapshot and live available credit,
+/// calls in progress and what they hold, ended calls not yet in a snapshot, the limits.
+fn live_json(
+    snap: &Snapshot,
+    live: Option<&LiveState>,
+    policy: &Policy,
+    id: &str,
+    now: Instant,
+    wall_secs: u64,
+) -> Value {
+    let Some(live) = live else {
+        return json!({ "tracking": false });
+    };
+    let Some(inputs) = admission::live_inputs(snap, id, b"") else {
+        return json!({ "tracking": true });
+    };
+    let fig = &inputs.figures;
+    let f = live.figures(id, fig, now, wall_secs);
+    let money = |d: Option<rust_decimal::Decimal>| d.map(|d| d.to_string());
+    json!({
+        "tracking": true,
+        "snapshot_available": fig.available.to_string(),
+        "live_available": f.live_available(fig.available).to_string(),
+        "calls_in_progress": f.in_progress(),
+        "ringing": f.ringing,
+        "answered": f.answered,
+        "held": f.held().to_string(),
+        "held_by_ringing_calls": f.held_ringing.to_string(),
+        "held_by_answered_calls": f.held_answered.to_string(),
+        "ended_since_snapshot": f.ended_since_snapshot.to_string(),
+        "ended_today": f.ended_today.to_string(),
+        "limits": {
+            "max_channels": fig.max_channels,
+            "max_cps": fig.max_cps,
+            "daily_spend_limit": money(fig.daily_spend_limit),
+            "spent_today": fig.spent_today.to_string(),
+            "reserve_seconds": live.config().reserve_secs,
+            "credit_scaled_channels": live.config().credit_scaled_channels,
+            "unrated": match policy.unrated {
+                crate::config::Unrated::Admit => "admit",
+                crate::config::Unrated::Refuse => "refuse",
+            },
+        },
+    })
+}
+
+/// The `to` object of `GET /accounts/{id}?to=NUMBER`: the price of a call to that number and
+/// the decision it would get now.
+fn to_json(
+    snap: &Snapshot,
+    live: Option<&LiveState>,
+    policy: &Policy,
+    id: &str,
+    to: &str,
+    now: Instant,
+    wall_secs: u64,
+) -> Value {
+    let price = admission::live_inputs(snap, id, to.as_bytes()).map(|i| match &i.entry {
+        Some(e) => json!({
+            "rate_per_min": e.rate_per_min.to_string(),
+            "connect_fee": e.connect_fee.to_string(),
+            "increments": format!("{}/{}", e.initial, e.increment),
+            "reserve_cost": live.map(|l| {
+                crate::live::ledger::reserve_cost(e, l.config().reserve_secs).to_string()
+            }),
+        }),
+        None => json!(null),
+    });
+    json!({
+        "number": to,
+        "price": price,
+        "decision": decision_now(snap, live, policy, id, to.as_bytes(), now, wall_secs),
+    })
+}
+
+fn wall_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn snapshot_json(snap: &Snapshot, policy: &Policy, now: Instant) -> Value {
     let age = snap.age(now);
     json!({
@@ -277,7 +390,23 @@ fn snapshot_json(snap: &Snapshot, policy: &Policy, now: Instant) -> Value {
     })
 }
 
-async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+/// The `to` query parameter (`?to=NUMBER`), percent-decoding left out: a dialled number is
+/// digits, `+`, `*` and `#` (`%23`/`%2B` are decoded).
+fn query_to(query: Option<&str>) -> Option<String> {
+    let v = query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("to="))?
+        .replace("%23", "#")
+        .replace("%2B", "+")
+        .replace("%2b", "+");
+    (!v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic())).then_some(v)
+}
+
+async fn get_account(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
     if !valid_account_id(&id) {
         return (
             StatusCode::BAD_REQUEST,
@@ -288,7 +417,9 @@ async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) 
     let policy = st.shared.policy.load();
     let snap = &st.shared.snapshot;
     let now = Instant::now();
-    let decision = decision_now(snap, &policy, &id, now);
+    let wall = wall_now();
+    let live = st.shared.live.as_deref();
+    let decision = decision_now(snap, live, &policy, &id, b"", now, wall);
     let snapshot = snapshot_json(snap, &policy, now);
     let Some(a) = snap.account(&id) else {
         return (
@@ -304,15 +435,17 @@ async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) 
     };
     let money = |d: Option<rust_decimal::Decimal>| d.map(|d| d.to_string());
     let available = a.available();
+    let live_obj = live_json(snap, live, &policy, &id, now, wall);
+    let to = query_to(query.as_deref()).map(|to| to_json(snap, live, &policy, &id, &to, now, wall));
     let body = json!({
         "id": &*a.id,
         "found": true,
         "balance": a.balance.to_string(),
         "debit_limit": a.debit_limit.to_string(),
         "available": available.to_string(),
-        // No calls are tracked yet ([live] track_calls), so nothing is held against the snapshot.
-        "live_available": available.to_string(),
-        "calls_in_progress": 0,
+        // Without call tracking nothing is held against the snapshot.
+        "live_available": live_obj.get("live_available").cloned().unwrap_or_else(|| json!(available.to_string())),
+        "calls_in_progress": live_obj.get("calls_in_progress").cloned().unwrap_or(json!(0)),
         "enabled": a.enabled,
         "ips": a.ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "tech_prefix": a.tech_prefix.as_deref(),
@@ -324,7 +457,101 @@ async fn get_account(State(st): State<Arc<AdminState>>, Path(id): Path<String>) 
         "spent_today": money(a.spent_today()),
         "decision": decision,
         "snapshot": snapshot,
+        "live": live_obj,
     });
+    let mut body = body;
+    if let (Some(to), Some(obj)) = (to, body.as_object_mut()) {
+        obj.insert("to".to_owned(), to);
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// Calls listed by `GET /accounts/{id}/calls` unless `?limit=` says otherwise.
+pub const CALLS_LIMIT_DEFAULT: usize = 1000;
+/// The most `?limit=` may ask for: a list this long is a few MB of JSON, and building it scans
+/// the whole call table once either way.
+pub const CALLS_LIMIT_MAX: usize = 100_000;
+
+/// `limit=N` in a query string, clamped to 1..=[`CALLS_LIMIT_MAX`]; `Err` when not a number.
+fn calls_limit(query: Option<&str>) -> Result<usize, ()> {
+    let Some(v) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit="))) else {
+        return Ok(CALLS_LIMIT_DEFAULT);
+    };
+    v.parse::<usize>()
+        .map(|n| n.clamp(1, CALLS_LIMIT_MAX))
+        .map_err(|_| ())
+}
+
+/// The JSON of `GET /accounts/{id}/calls`: `now` is when the answer is built.
+pub fn calls_json(
+    live: Option<&crate::live::calls::LiveState>,
+    id: &str,
+    limit: usize,
+    now: Instant,
+) -> Value {
+    let Some(live) = live else {
+        return json!({ "id": id, "tracking": false, "count": 0, "truncated": false, "calls": [] });
+    };
+    let mut calls = live.calls_of(id, limit.saturating_add(1));
+    let truncated = calls.len() > limit;
+    calls.truncate(limit);
+    let age = u64::from(
+        u32::try_from(now.saturating_duration_since(live.epoch()).as_secs()).unwrap_or(u32::MAX),
+    );
+    let list: Vec<Value> = calls
+        .iter()
+        .map(|(key, c)| {
+            json!({
+                "key": key.to_hex(),
+                "state": match c.state {
+                    crate::live::calls::CallState::Ringing => "ringing",
+                    crate::live::calls::CallState::Answered => "answered",
+                },
+                "started_ago_s": age.saturating_sub(u64::from(c.started_secs)),
+                "held": c.hold.to_string(),
+                "rate_per_min": c.rate_per_min.to_string(),
+            })
+        })
+        .collect();
+    json!({
+        "id": id,
+        "tracking": true,
+        "count": list.len(),
+        "truncated": truncated,
+        "calls": list,
+    })
+}
+
+/// `GET /accounts/{id}/calls`: the account's tracked calls, oldest first. Builds the list by
+/// scanning the call table (O(tracked calls)): an operator's tool, not for polling at a high
+/// rate.
+async fn get_account_calls(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if !valid_account_id(&id) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "id": id, "error": "not a valid account id" })),
+        )
+            .into_response();
+    }
+    let Ok(limit) = calls_limit(query.as_deref()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "id": id, "error": "limit: not a whole number" })),
+        )
+            .into_response();
+    };
+    let mut body = calls_json(st.shared.live.as_deref(), &id, limit, Instant::now());
+    if st.shared.snapshot.account(&id).is_none() {
+        // As `/accounts/{id}`: unknown to the snapshot is a 404 (calls of an account removed
+        // since they were admitted are still listed).
+        body["found"] = json!(false);
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    }
+    body["found"] = json!(true);
     (StatusCode::OK, Json(body)).into_response()
 }
 
@@ -478,6 +705,57 @@ mod tests {
         snap
     }
 
+    /// With call tracking on, the admin decision is the proxy's live check, and asking holds
+    /// nothing.
+    #[test]
+    fn live_decision_is_the_proxys_and_holds_nothing() {
+        use crate::live::calls::{LiveConfig, LiveState};
+        let t0 = Instant::now();
+        let snap = Snapshot::new(t0);
+        let mut a = acct("alice", "1.00", "0", true);
+        a.limits = Some(Box::new(crate::credit::Limits {
+            rate_per_min: Some("1.00".parse().unwrap()),
+            ..Default::default()
+        }));
+        snap.apply_full(vec![a], t0, 0.5, false).unwrap();
+        let p = policy("", "[live]\ntrack_calls = true\nreserve = \"60s\"\n");
+        let live = LiveState::new(
+            LiveConfig {
+                reserve_secs: 60,
+                ..LiveConfig::default()
+            },
+            t0,
+        );
+        let now = t0 + std::time::Duration::from_secs(1);
+        for _ in 0..3 {
+            let v = decision_now(&snap, Some(&live), &p, "alice", b"", now, 0);
+            assert_eq!(v["result"], "admit", "{v}");
+            assert_eq!(v["live_available_after_reserve"], "0.00", "{v}");
+        }
+        assert_eq!(live.tracked(), 0, "asking holds nothing");
+        // A call through the proxy's path holds the reserve: the next one is refused.
+        let key = live.call_key(b"c1", b"t1");
+        crate::core::admission::admit_live(&live, &snap, &p, "alice", b"", key, now, 0).unwrap();
+        let v = decision_now(&snap, Some(&live), &p, "alice", b"", now, 0);
+        assert_eq!(
+            summary(&v),
+            ("refuse".into(), "insufficient_credit".into(), 402)
+        );
+        assert_eq!(v["live_reason"], "insufficient_credit");
+        let body = live_json(&snap, Some(&live), &p, "alice", now, 0);
+        assert_eq!(body["calls_in_progress"], 1);
+        let dec = |v: &Value| {
+            v.as_str()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        };
+        assert_eq!(dec(&body["held"]), rust_decimal::Decimal::ONE);
+        assert!(dec(&body["live_available"]).is_zero(), "{body}");
+        assert_eq!(query_to(Some("x=1&to=%2B4930")), Some("+4930".to_owned()));
+        assert_eq!(query_to(Some("to=")), None);
+    }
+
     fn summary(v: &Value) -> (String, String, i64) {
         (
             v["result"].as_str().unwrap_or_default().to_owned(),
@@ -626,7 +904,7 @@ mod tests {
         ];
         for (name, credit, extra, snap, id, now, want) in cases {
             let p = policy(credit, extra);
-            let got = decision_now(snap, &p, id, now);
+            let got = decision_now(snap, None, &p, id, b"", now, 0);
             assert_eq!(summary(&got), want, "{name}: {got}");
         }
         let p = policy(
@@ -634,10 +912,13 @@ mod tests {
             "[reply]\ninsufficient_credit = { code = 403, reason = \"Blocked Now\" }",
         );
         assert_eq!(
-            decision_now(&snap, &p, "bob", fresh)["sip_reason"],
+            decision_now(&snap, None, &p, "bob", b"", fresh, 0)["sip_reason"],
             "Blocked Now"
         );
-        assert_eq!(decision_now(&snap, &p, "bob", fresh)["forwarded"], false);
+        assert_eq!(
+            decision_now(&snap, None, &p, "bob", b"", fresh, 0)["forwarded"],
+            false
+        );
     }
 
     #[test]
@@ -665,6 +946,176 @@ mod tests {
         assert!(!wants_force(Some("force=0")));
         assert!(!wants_force(Some("forced=1")));
         assert!(!wants_force(None));
+    }
+
+    #[test]
+    fn calls_limit_query() {
+        assert_eq!(calls_limit(None), Ok(CALLS_LIMIT_DEFAULT));
+        assert_eq!(calls_limit(Some("a=1&limit=5")), Ok(5));
+        assert_eq!(calls_limit(Some("limit=0")), Ok(1));
+        assert_eq!(calls_limit(Some("limit=99999999999")), Ok(CALLS_LIMIT_MAX));
+        assert_eq!(calls_limit(Some("limit=x")), Err(()));
+    }
+
+    /// The router answering `GET path` (with `token` as bearer token if given) on `shared`.
+    async fn call_route(
+        shared: Arc<Shared>,
+        token: Option<&str>,
+        bearer: Option<&str>,
+        path: &str,
+    ) -> (StatusCode, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cfg = Config::from_toml_str(
+            "[sip]\nupstream = [\"127.0.0.2:5080\"]\n",
+            std::path::Path::new(""),
+        )
+        .unwrap();
+        let refresher = Refresher::new(&cfg, Arc::clone(&shared));
+        let registry = metrics::registry(Arc::clone(&shared), refresher.clone(), Arc::default());
+        let app = router(Arc::new(AdminState {
+            shared,
+            refresher,
+            registry,
+            token: token.map(str::to_owned),
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let auth = bearer
+            .map(|b| format!("Authorization: Bearer {b}\r\n"))
+            .unwrap_or_default();
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await.unwrap();
+        server.abort();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (
+            StatusCode::from_u16(code).unwrap(),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn account_calls_lists_tracked_calls() {
+        use crate::live::calls::{AccountFigures, LiveConfig, LiveState};
+        use crate::live::tariff::TariffEntry;
+        use rust_decimal::Decimal;
+
+        // Tracking off: an empty list that says so; unknown accounts are 404 all the same.
+        let t0 = Instant::now();
+        let off = super::super::live::test_shared_live(None);
+        off.snapshot
+            .apply_full(vec![acct("alice", "10", "0", true)], t0, 0.5, false)
+            .unwrap();
+        let (status, j) = call_route(Arc::clone(&off), None, None, "/accounts/alice/calls").await;
+        assert_eq!(status, StatusCode::OK, "{j}");
+        assert_eq!(j["tracking"], false);
+        assert_eq!(j["calls"], json!([]));
+        let (status, j) = call_route(Arc::clone(&off), None, None, "/accounts/nobody/calls").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{j}");
+        assert_eq!(j["found"], false);
+        let (status, _) = call_route(off, None, None, "/accounts/a%20b/calls").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // Tracking on: two calls of alice (one answered), one of bob.
+        let epoch = t0 - Duration::from_secs(100);
+        let live = Arc::new(LiveState::new(LiveConfig::default(), epoch));
+        let shared = super::super::live::test_shared_live(Some(Arc::clone(&live)));
+        shared
+            .snapshot
+            .apply_full(
+                vec![acct("alice", "10", "0", true), acct("bob", "10", "0", true)],
+                t0,
+                0.5,
+                false,
+            )
+            .unwrap();
+        let figures = AccountFigures::new(Decimal::TEN, t0);
+        let entry = Arc::new(TariffEntry::per_minute(Decimal::new(150, 2)));
+        let alice: Arc<str> = Arc::from("alice");
+        let bob: Arc<str> = Arc::from("bob");
+        let k1 = live.call_key(b"c1", b"t");
+        let k2 = live.call_key(b"c2", b"t");
+        let k3 = live.call_key(b"c3", b"t");
+        live.admit(
+            &alice,
+            k1,
+            &entry,
+            &figures,
+            epoch + Duration::from_secs(10),
+            0,
+        )
+        .unwrap();
+        live.admit(
+            &alice,
+            k2,
+            &entry,
+            &figures,
+            epoch + Duration::from_secs(40),
+            0,
+        )
+        .unwrap();
+        live.admit(
+            &bob,
+            k3,
+            &entry,
+            &figures,
+            epoch + Duration::from_secs(50),
+            0,
+        )
+        .unwrap();
+        live.answered(k1, epoch + Duration::from_secs(20), 0);
+
+        let (status, j) =
+            call_route(Arc::clone(&shared), None, None, "/accounts/alice/calls").await;
+        assert_eq!(status, StatusCode::OK, "{j}");
+        assert_eq!(j["tracking"], true);
+        assert_eq!(j["count"], 2);
+        assert_eq!(j["truncated"], false);
+        let calls = j["calls"].as_array().unwrap();
+        assert_eq!(calls[0]["key"], k1.to_hex());
+        assert_eq!(calls[0]["state"], "answered");
+        assert!(calls[0]["started_ago_s"].as_u64().unwrap() >= 90, "{j}");
+        assert_eq!(calls[0]["rate_per_min"], "1.50");
+        assert_eq!(calls[1]["key"], k2.to_hex());
+        assert_eq!(calls[1]["state"], "ringing");
+        assert_eq!(calls[1]["held"], "0", "no reserve configured: {j}");
+        let (_, j) = call_route(
+            Arc::clone(&shared),
+            None,
+            None,
+            "/accounts/alice/calls?limit=1",
+        )
+        .await;
+        assert_eq!(j["count"], 1);
+        assert_eq!(j["truncated"], true);
+        let (_, j) = call_route(Arc::clone(&shared), None, None, "/accounts/bob/calls").await;
+        assert_eq!(j["calls"][0]["key"], k3.to_hex());
+        assert_eq!(k3.to_hex().len(), 32);
+
+        // The bearer token guards it like the other account routes.
+        let (status, _) = call_route(
+            Arc::clone(&shared),
+            Some("tok"),
+            None,
+            "/accounts/alice/calls",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, j) =
+            call_route(shared, Some("tok"), Some("tok"), "/accounts/alice/calls").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(j["count"], 2);
     }
 
     #[test]

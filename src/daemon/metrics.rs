@@ -463,13 +463,73 @@ impl CreditgateCollector {
         )
     }
 
+    /// Live credit (SPEC 7), only while call tracking is on.
+    fn encode_live(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let Some(live) = &self.shared.live else {
+            return Ok(());
+        };
+        let c = &self.shared.live_counters;
+        gauge(
+            enc,
+            "creditgate_calls_tracked",
+            "Calls in the call table now (ringing and answered; [live] max_tracked_calls bounds it).",
+            None,
+            i64::try_from(live.tracked()).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            enc,
+            "creditgate_calls_answered",
+            "Tracked calls answered (a 2xx to their INVITE passed).",
+            None,
+            c.answered.get(),
+        )?;
+        counter_family(
+            enc,
+            "creditgate_calls_ended",
+            "Tracked calls ended, by cause: bye (BYE or its 200), failed (a non-2xx final before an answer), cancelled (487 after CANCEL), ring_timeout ([live] ring_timeout), expired ([live] call_expiry).",
+            "cause",
+            &c.ended_counts(),
+        )?;
+        counter_family(
+            enc,
+            "creditgate_live_refusals",
+            "New calls refused by the live check, by reason (table_full = the call table held max_tracked_calls; key_in_use = the call's key is tracked for another account; no_rate = unrated = \"refuse\"). Dry-run decisions count too.",
+            "reason",
+            &c.refusal_counts(),
+        )?;
+        counter(
+            enc,
+            "creditgate_live_untracked_requests",
+            "Customers' in-dialog requests with a valid Route token of a call not tracked (ended, expired, admitted before a restart): handled as out of dialog (passed in a dry run).",
+            None,
+            c.untracked.get(),
+        )?;
+        counter_family(
+            enc,
+            "creditgate_low_credit_events",
+            "Low-credit events by outcome: published on {prefix}events, dropped (the bounded queue was full), failed (Redis down or erroring).",
+            "outcome",
+            &c.event_counts(),
+        )?;
+        gauge(
+            enc,
+            "creditgate_live_state",
+            "Approximate heap size of the call table and its expiry queues.",
+            Some(&Unit::Bytes),
+            i64::try_from(live.approx_bytes()).unwrap_or(i64::MAX),
+        )
+    }
+
     fn encode_daemon(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         gauge(
             enc,
             "creditgate_calls_in_progress",
             "Admitted calls being tracked ([live] track_calls; 0 while call tracking is off).",
             None,
-            0i64,
+            self.shared
+                .live
+                .as_ref()
+                .map_or(0, |l| i64::try_from(l.tracked()).unwrap_or(i64::MAX)),
         )?;
         counter_family(
             enc,
@@ -510,6 +570,117 @@ impl Collector for CreditgateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         self.encode_packets(&mut encoder)?;
         self.encode_snapshot(&mut encoder)?;
+        self.encode_live(&mut encoder)?;
         self.encode_daemon(&mut encoder)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::live::calls::{AccountFigures, LiveConfig, LiveState};
+    use crate::live::ledger::Refusal;
+    use crate::live::tariff::TariffEntry;
+    use rust_decimal::Decimal;
+
+    fn render(shared: Arc<Shared>) -> String {
+        let cfg = Config::from_toml_str(
+            "[sip]\nupstream = [\"127.0.0.2:5080\"]\n",
+            std::path::Path::new(""),
+        )
+        .unwrap();
+        let refresher = Refresher::new(&cfg, Arc::clone(&shared));
+        let reg = registry(shared, refresher, Arc::default());
+        encode(&reg, Format::Prometheus).unwrap()
+    }
+
+    fn value(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+    }
+
+    #[test]
+    fn live_metrics_render_only_with_tracking() {
+        let off = render(super::super::live::test_shared_live(None));
+        assert!(!off.contains("creditgate_calls_tracked"), "{off}");
+        assert!(!off.contains("creditgate_live_refusals"), "{off}");
+        assert_eq!(
+            value(&off, "creditgate_calls_in_progress").as_deref(),
+            Some("0")
+        );
+
+        let t0 = Instant::now();
+        let live = Arc::new(LiveState::new(LiveConfig::default(), t0));
+        let shared = super::super::live::test_shared_live(Some(Arc::clone(&live)));
+        let acct: Arc<str> = Arc::from("acme");
+        let entry = Arc::new(TariffEntry::per_minute(Decimal::ONE));
+        let figures = AccountFigures::new(Decimal::TEN, t0);
+        for n in 0..3u8 {
+            let key = live.call_key(&[n], b"tag");
+            live.admit(&acct, key, &entry, &figures, t0, 0).unwrap();
+        }
+        let c = &shared.live_counters;
+        c.answered();
+        c.ended(super::super::live::EndLabel::Cancelled);
+        c.refused(Refusal::TableFull);
+        c.refused(Refusal::TableFull);
+        c.refused_no_rate();
+        c.events_published.add(4);
+        c.events_dropped.inc();
+        let text = render(shared);
+        let want = [
+            ("creditgate_calls_tracked", "3"),
+            ("creditgate_calls_in_progress", "3"),
+            ("creditgate_calls_answered_total", "1"),
+            ("creditgate_calls_ended_total{cause=\"bye\"}", "0"),
+            ("creditgate_calls_ended_total{cause=\"cancelled\"}", "1"),
+            ("creditgate_calls_ended_total{cause=\"ring_timeout\"}", "0"),
+            ("creditgate_calls_ended_total{cause=\"expired\"}", "0"),
+            ("creditgate_live_refusals_total{reason=\"table_full\"}", "2"),
+            ("creditgate_live_refusals_total{reason=\"no_rate\"}", "1"),
+            (
+                "creditgate_live_refusals_total{reason=\"credit_scaled_channels\"}",
+                "0",
+            ),
+            (
+                "creditgate_low_credit_events_total{outcome=\"published\"}",
+                "4",
+            ),
+            (
+                "creditgate_low_credit_events_total{outcome=\"dropped\"}",
+                "1",
+            ),
+            (
+                "creditgate_low_credit_events_total{outcome=\"failed\"}",
+                "0",
+            ),
+        ];
+        for (series, v) in want {
+            assert_eq!(
+                value(&text, series).as_deref(),
+                Some(v),
+                "{series} in\n{text}"
+            );
+        }
+        let bytes: u64 = value(&text, "creditgate_live_state_bytes")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(bytes > 0, "{text}");
+        for name in [
+            "creditgate_calls_tracked",
+            "creditgate_calls_answered_total",
+            "creditgate_calls_ended_total",
+            "creditgate_live_refusals_total",
+            "creditgate_low_credit_events_total",
+            "creditgate_live_state_bytes",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}"
+            );
+        }
     }
 }

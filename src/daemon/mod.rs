@@ -6,8 +6,10 @@
 
 pub mod admin;
 pub mod ban;
+pub mod calls;
 pub mod events;
 pub mod flood;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod net;
@@ -63,6 +65,8 @@ pub struct Shared {
     /// The live-credit state (SPEC 7: call table, ledgers), when `[live] track_calls` is on.
     /// Fixed at start (a SIGHUP that turns tracking on or off needs a restart).
     pub live: Option<Arc<crate::live::calls::LiveState>>,
+    /// Counters of live credit (calls answered and ended, live refusals, low-credit events).
+    pub live_counters: Arc<live::LiveCounters>,
 }
 
 /// Name of the packet runtime's threads (`top -H`, `ps -L`; at most 15 bytes on Linux).
@@ -154,8 +158,8 @@ pub async fn run(
     if !live.is_empty() {
         tracing::warn!(
             keys = %live.join(","),
-            "[live] settings are accepted but not enforced yet: this version admits on the \
-             snapshot's balance only (live credit, docs/contract.md, is not implemented)"
+            "[live] shared state is accepted but not implemented yet: each instance keeps its \
+             own live state (docs/contract.md section 9)"
         );
     }
     if prepared.key_source == preflight::KeySource::Random {
@@ -170,7 +174,8 @@ pub async fn run(
         counters: events::Counters::default(),
         started,
         bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
-        live: None,
+        live: live_state(&cfg.live, started),
+        live_counters: Arc::default(),
     });
     shared
         .counters
@@ -220,6 +225,39 @@ pub async fn run(
         }
     }
     let refresh_task = tokio::spawn(refresher.clone().run(shutdown.clone()));
+    // Low-credit events (SPEC 7) go to Redis pub/sub through a bounded queue; the publisher
+    // connects on its own, so the daemon starts while Redis is down.
+    let (low_tx, publish_task) = match (
+        cfg.live.low_credit_threshold.is_some() && shared.live.is_some(),
+        cfg.credit.source,
+    ) {
+        (true, crate::config::SourceKind::Redis) => {
+            let (tx, rx) = live::low_credit_channel(Arc::clone(&shared.live_counters));
+            let task = live::spawn_publisher(
+                &cfg.credit.redis_url,
+                &cfg.credit.key_prefix,
+                rx,
+                Arc::clone(&shared.live_counters),
+                shutdown.clone(),
+            )
+            .context("live.low_credit_threshold: cannot publish events to credit.redis_url")?;
+            (Some(tx), Some(task))
+        }
+        _ => (None, None),
+    };
+    let tick_counters = Arc::clone(&shared.live_counters);
+    let calls_task = calls::spawn_timer(
+        Arc::clone(&shared),
+        cfg.live.low_credit_threshold,
+        move |st| tick_counters.tick(st),
+        move |ev, wall| {
+            tracing::info!(account = %ev.account, live_available = %ev.live_available, threshold = %ev.threshold, calls = ev.calls_in_progress, "low credit");
+            if let Some(tx) = &low_tx {
+                tx.send(ev, wall);
+            }
+        },
+        shutdown.clone(),
+    );
     tracing::info!(config = %config_path.display(), accounts = shared.snapshot.len(), "creditgate running");
 
     let watchdog = watchdog.map(|wd| wd.spawn(heartbeats, Arc::clone(&ops), shutdown.clone()));
@@ -245,6 +283,12 @@ pub async fn run(
         let _ = t.await;
     }
     let _ = refresh_task.await;
+    if let Some(t) = calls_task {
+        let _ = t.await;
+    }
+    if let Some(t) = publish_task {
+        let _ = t.await;
+    }
     if let Some(t) = push_task {
         let _ = t.await;
     }
@@ -351,27 +395,40 @@ impl Reloader {
     }
 }
 
-/// The `[live]` keys set to something other than their default. Nothing enforces them yet (live
-/// credit is a later addition), so the daemon warns at start rather than let an operator believe
-/// a reserve or a channel cap protects them. Remove a key here once it is enforced.
-/// (`call_expiry` is not listed: it is also the life of the Route token.)
+/// The live state (SPEC 7) when `[live]` turns call tracking on: `track_calls`, or an option
+/// that needs it (a reserve, credit-scaled channels, a low-credit threshold).
+pub fn live_state(
+    live: &crate::config::LiveConfig,
+    epoch: Instant,
+) -> Option<Arc<crate::live::calls::LiveState>> {
+    let on = live.track_calls
+        || !live.reserve.is_zero()
+        || live.credit_scaled_channels
+        || live.low_credit_threshold.is_some();
+    on.then(|| {
+        Arc::new(crate::live::calls::LiveState::new(
+            crate::live::calls::LiveConfig {
+                reserve_secs: u32::try_from(live.reserve.as_secs_f64().ceil() as u64)
+                    .unwrap_or(u32::MAX),
+                credit_scaled_channels: live.credit_scaled_channels,
+                max_tracked_calls: live.max_tracked_calls,
+                ring_timeout: live.ring_timeout,
+                call_expiry: live.call_expiry,
+            },
+            epoch,
+        ))
+    })
+}
+
+/// The `[live]` keys of SPEC section 9 (several instances sharing live state), set to
+/// something other than their default. Nothing implements them yet, so the daemon warns at
+/// start rather than let an operator believe limits are shared. Remove a key here once it is
+/// enforced.
 pub fn live_not_enforced(live: &crate::config::LiveConfig) -> Vec<&'static str> {
     let d = crate::config::LiveConfig::default();
-    let checks: [(&'static str, bool); 5] = [
-        ("live.track_calls", live.track_calls != d.track_calls),
-        ("live.reserve", live.reserve != d.reserve),
-        (
-            "live.credit_scaled_channels",
-            live.credit_scaled_channels != d.credit_scaled_channels,
-        ),
-        (
-            "live.low_credit_threshold",
-            live.low_credit_threshold != d.low_credit_threshold,
-        ),
-        (
-            "live.max_tracked_calls",
-            live.max_tracked_calls != d.max_tracked_calls,
-        ),
+    let checks: [(&'static str, bool); 2] = [
+        ("live.shared", live.shared != d.shared),
+        ("live.lease_ttl", live.lease_ttl != d.lease_ttl),
     ];
     checks.into_iter().filter(|c| c.1).map(|c| c.0).collect()
 }
@@ -462,6 +519,7 @@ pub(crate) fn test_shared(bound: &[std::net::SocketAddr]) -> Arc<Shared> {
         started,
         bans: ban::Bans::new(ban::BanSettings::from(&cfg.abuse)),
         live: None,
+        live_counters: Arc::default(),
     })
 }
 

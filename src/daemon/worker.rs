@@ -190,7 +190,7 @@ async fn serve(task: Task, shutdown: CancellationToken) {
         }
         let data = buf.get(..len).unwrap_or_default();
         let policy = shared.policy.load();
-        let outcome = core::handle(
+        let outcome = core::handle_live(
             Packet {
                 data,
                 source,
@@ -200,6 +200,7 @@ async fn serve(task: Task, shutdown: CancellationToken) {
             },
             &shared.snapshot,
             &policy,
+            shared.live.as_deref(),
         );
         events::record(
             &shared.counters,
@@ -208,6 +209,7 @@ async fn serve(task: Task, shutdown: CancellationToken) {
             source,
             start,
         );
+        shared.live_counters.note(outcome.live);
         if let (Event::Passed(PassKind::Response), Action::Forward { to, bytes, .. }) =
             (&outcome.event, &outcome.action)
         {

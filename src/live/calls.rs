@@ -126,6 +126,9 @@ impl AccountFigures {
 pub struct Admitted {
     /// The INVITE is a retransmission of a call already admitted: nothing new was held.
     pub retransmission: bool,
+    /// Dry run ([`LiveState::admit_dry_run`]): the check refused the call for this reason, and
+    /// it was tracked (and holds its reserve) anyway, because it is forwarded anyway.
+    pub would_refuse: Option<Refusal>,
     /// What the call holds while ringing.
     pub reserve: Decimal,
     /// Live available credit after the hold (for a retransmission, not computed: the
@@ -138,8 +141,10 @@ pub struct Admitted {
 pub enum EndCause {
     /// BYE or its 200, from either side.
     Bye,
-    /// A non-2xx final response to the INVITE before an answer (487 after CANCEL included).
+    /// A non-2xx final response to the INVITE before an answer (other than 487).
     Failed,
+    /// 487 Request Terminated (after a CANCEL) before an answer.
+    Cancelled,
     /// Never answered within `ring_timeout`.
     RingTimeout,
     /// Still tracked after `call_expiry`.
@@ -294,13 +299,14 @@ impl LiveState {
         }
     }
 
-    fn slot(&self, account: &Arc<str>) -> Arc<AccountSlot> {
+    fn slot(&self, account: &str) -> Arc<AccountSlot> {
         if let Some(s) = self.accounts.get(account) {
             return Arc::clone(&s);
         }
-        let s = self.accounts.entry(Arc::clone(account)).or_insert_with(|| {
+        let id: Arc<str> = Arc::from(account);
+        let s = self.accounts.entry(Arc::clone(&id)).or_insert_with(|| {
             Arc::new(AccountSlot {
-                id: Arc::clone(account),
+                id,
                 ledger: Mutex::new(Ledger::default()),
             })
         });
@@ -351,19 +357,88 @@ impl LiveState {
     /// `max_cps = 0` refuse every call.
     pub fn admit(
         &self,
-        account: &Arc<str>,
+        account: &str,
         key: CallKey,
         entry: &Arc<TariffEntry>,
         figures: &AccountFigures,
         now: Instant,
         wall_secs: u64,
     ) -> Result<Admitted, Refusal> {
+        self.admit_mode(account, key, entry, figures, now, wall_secs, false)
+    }
+
+    /// [`LiveState::admit`] for a dry run (`[credit] enforce = false`): the checks are made and
+    /// their verdict returned in [`Admitted::would_refuse`], but the call is tracked and holds
+    /// its reserve whatever they say, because it is forwarded and will spend. Only a full
+    /// table (`TableFull`) or a key of another account (`KeyInUse`) still return `Err`: such a
+    /// call cannot be tracked.
+    pub fn admit_dry_run(
+        &self,
+        account: &str,
+        key: CallKey,
+        entry: &Arc<TariffEntry>,
+        figures: &AccountFigures,
+        now: Instant,
+        wall_secs: u64,
+    ) -> Result<Admitted, Refusal> {
+        self.admit_mode(account, key, entry, figures, now, wall_secs, true)
+    }
+
+    /// What [`LiveState::admit`] would answer for a new call now, without holding anything or
+    /// charging the CPS bucket (the admin API's `?to=`): the live available credit after the
+    /// call's reserve, or the refusal.
+    pub fn probe(
+        &self,
+        account: &str,
+        entry: &TariffEntry,
+        figures: &AccountFigures,
+        now: Instant,
+        wall_secs: u64,
+    ) -> Result<Decimal, Refusal> {
+        if self.tracked() >= self.cfg.max_tracked_calls {
+            return Err(Refusal::TableFull);
+        }
+        let now = self.now(now);
+        let read_ms = self.now(figures.read_at).ms();
+        let reserve = reserve_cost(entry, self.cfg.reserve_secs);
+        let check = Check {
+            available: figures.available,
+            max_channels: figures.max_channels,
+            max_cps: figures.max_cps,
+            daily_spend_limit: figures.daily_spend_limit,
+            spent_today: figures.spent_today,
+            credit_scaled: self.cfg.credit_scaled_channels,
+            reserve,
+        };
+        let Some(slot) = self.accounts.get(account).map(|s| Arc::clone(&s)) else {
+            return Ledger::default()
+                .check(now, &check)
+                .map(|(_, live)| live.saturating_sub(reserve));
+        };
+        let mut l = slot.lock();
+        self.sync(&slot, &mut l, now, Some(read_ms), wall_secs);
+        l.check(now, &check)
+            .map(|(_, live)| live.saturating_sub(reserve))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn admit_mode(
+        &self,
+        account: &str,
+        key: CallKey,
+        entry: &Arc<TariffEntry>,
+        figures: &AccountFigures,
+        now: Instant,
+        wall_secs: u64,
+        dry_run: bool,
+    ) -> Result<Admitted, Refusal> {
         let now = self.now(now);
         let read_ms = self.now(figures.read_at).ms();
         if let Some(c) = self.calls.get(&key) {
-            return if c.account.id == *account {
+            return if *c.account.id == *account {
                 Ok(Admitted {
                     retransmission: true,
+                    would_refuse: None,
                     reserve: Decimal::ZERO,
                     live_available: figures.available,
                 })
@@ -398,10 +473,21 @@ impl LiveState {
                 credit_scaled: self.cfg.credit_scaled_channels,
                 reserve,
             };
-            match mine.map_or_else(|| l.check(now, &check), |_| Ok((0, Decimal::ZERO))) {
+            let mut would_refuse = None;
+            let checked =
+                match mine.map_or_else(|| l.check(now, &check), |_| Ok((0, Decimal::ZERO))) {
+                    Err(r) if dry_run => {
+                        would_refuse = Some(r);
+                        let live = l.figures(now).live_available(figures.available);
+                        Ok((l.tat(), live))
+                    }
+                    other => other,
+                };
+            match checked {
                 Err(r) => Err(r),
                 Ok(_) if mine == Some(true) => Ok(Admitted {
                     retransmission: true,
+                    would_refuse: None,
                     reserve: Decimal::ZERO,
                     live_available: figures.available,
                 }),
@@ -420,6 +506,7 @@ impl LiveState {
                         l.hold(reserve, tat);
                         Ok(Admitted {
                             retransmission: false,
+                            would_refuse,
                             reserve,
                             live_available: live.saturating_sub(reserve),
                         })
@@ -450,7 +537,13 @@ impl LiveState {
     /// A non-2xx final response (487 after CANCEL included) to the INVITE of `key` passed:
     /// a ringing call ends at no cost. On an answered call (a re-INVITE failed) nothing changes.
     pub fn failed(&self, key: CallKey, now: Instant, wall_secs: u64) -> CallEvent {
-        self.event(key, now, wall_secs, Ev::Fail)
+        self.event(key, now, wall_secs, Ev::Fail(EndCause::Failed))
+    }
+
+    /// A 487 Request Terminated (the INVITE was cancelled) passed: like [`LiveState::failed`],
+    /// with the cause [`EndCause::Cancelled`].
+    pub fn cancelled(&self, key: CallKey, now: Instant, wall_secs: u64) -> CallEvent {
+        self.event(key, now, wall_secs, Ev::Fail(EndCause::Cancelled))
     }
 
     /// A BYE (or its 200) of `key` passed, from either side: the call ends; if it was
@@ -508,13 +601,13 @@ impl LiveState {
                     };
                     return CallEvent::Answered;
                 }
-                (Ev::Answer, _) | (Ev::Fail, ANSWERED_CONST | ANSWERED_LINEAR) => {
+                (Ev::Answer, _) | (Ev::Fail(_), ANSWERED_CONST | ANSWERED_LINEAR) => {
                     return CallEvent::Ignored
                 }
-                (Ev::Fail, _) => {
+                (Ev::Fail(cause), _) => {
                     l.release_ringing(c.hold);
                     CallEvent::Ended {
-                        cause: EndCause::Failed,
+                        cause,
                         cost: Decimal::ZERO,
                     }
                 }
@@ -694,12 +787,25 @@ impl LiveState {
             .collect()
     }
 
-    /// Forgets the ledgers that hold nothing (accounts without calls); the daemon may call it
-    /// after a refresh. O(accounts).
+    /// Forgets the ledgers that hold nothing (accounts without calls, nothing ended since the
+    /// snapshot) and whose low-credit event is armed: a ledger that fired its event stays, so
+    /// the account does not get a second event without rising above the threshold first. The
+    /// daemon calls it now and then. O(accounts with a ledger).
     pub fn forget_idle_accounts(&self) {
         self.accounts.retain(|_, s| {
-            Arc::strong_count(s) > 1 || !s.ledger.try_lock().is_ok_and(|l| l.is_idle())
+            Arc::strong_count(s) > 1
+                || !s
+                    .ledger
+                    .try_lock()
+                    .is_ok_and(|l| l.is_idle() && l.low_credit.is_armed())
         });
+    }
+
+    /// Every account with a ledger (calls in progress, ended calls not yet in a snapshot, or a
+    /// low-credit event fired): what the low-credit sweep looks at. O(accounts with a ledger);
+    /// off the packet path.
+    pub fn ledger_accounts(&self) -> Vec<Arc<str>> {
+        self.accounts.iter().map(|s| Arc::clone(s.key())).collect()
     }
 
     /// Approximate heap bytes of the call table and queues, for the memory figure and a gauge.
@@ -709,13 +815,55 @@ impl LiveState {
         self.calls.capacity() * entry
             + (lock(&self.ring_fifo).capacity() + lock(&self.expiry_fifo).capacity()) * q
     }
+
+    /// The instant `CallInfo::started_secs` counts from.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// At most `limit` tracked calls of `account`, oldest first, for the admin API
+    /// (`GET /accounts/{id}/calls`). Scans the whole call table: O(tracked calls), admin-only,
+    /// never on the packet path (it holds one call-table shard's read lock at a time).
+    pub fn calls_of(&self, account: &str, limit: usize) -> Vec<(CallKey, CallInfo)> {
+        let mut out: Vec<(CallKey, CallInfo)> = self
+            .calls
+            .iter()
+            .filter(|c| &*c.account.id == account)
+            .take(limit)
+            .map(|c| {
+                let info = CallInfo {
+                    account: Arc::clone(&c.account.id),
+                    state: if c.state == RINGING {
+                        CallState::Ringing
+                    } else {
+                        CallState::Answered
+                    },
+                    started_secs: c.start_secs,
+                    hold: c.hold,
+                    rate_per_min: c.entry.rate_per_min,
+                };
+                (*c.key(), info)
+            })
+            .collect();
+        out.sort_unstable_by_key(|(k, c)| (c.started_secs, *k));
+        out
+    }
+}
+
+impl CallKey {
+    /// The key as 32 lowercase hex digits (the admin API's call id; not the Call-ID, which the
+    /// key hashes with a per-process secret).
+    pub fn to_hex(&self) -> String {
+        format!("{:016x}{:016x}", self.0, self.1)
+    }
 }
 
 /// Internal call events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ev {
     Answer,
-    Fail,
+    /// A final non-2xx: `Failed` or `Cancelled`.
+    Fail(EndCause),
     End(EndCause),
     /// Ring timeout of the call admitted at this second.
     RingTimeout(u32),

@@ -240,6 +240,12 @@ impl Default for Hysteresis {
 }
 
 impl Hysteresis {
+    /// Whether the next fall below the threshold fires (no event fired since the figure was
+    /// last above it).
+    pub fn is_armed(&self) -> bool {
+        self.armed
+    }
+
     /// Feeds the current figure; `true` exactly once per crossing below `threshold`.
     pub fn observe(&mut self, value: Decimal, threshold: Decimal) -> bool {
         if self.armed && value < threshold {
@@ -459,6 +465,12 @@ impl Ledger {
             }
         }
         Ok((tat, live))
+    }
+
+    /// The CPS bucket's theoretical arrival time as it stands (what a dry-run admission that the
+    /// check refused keeps).
+    pub fn tat(&self) -> u64 {
+        self.tat_ns
     }
 
     /// Records an admitted call: it rings and holds `reserve`; `tat` is [`Ledger::check`]'s.

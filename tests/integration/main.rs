@@ -25,6 +25,7 @@ mod hardening;
 mod harness;
 mod live;
 mod live_redis;
+mod live_ops;
 mod logs;
 mod ops;
 mod proxy;

@@ -251,38 +251,40 @@ fn good_files_pass_check_config() {
     );
 }
 
-/// `[live]` settings are accepted, but nothing enforces them yet: the daemon says so at start,
-/// naming the keys; with the defaults it says nothing.
+/// The `[live]` keys of section 9 (shared state) are accepted, but nothing implements them
+/// yet: the daemon says so at start, naming the keys; the section 7 keys, enforced, are not
+/// named; with the defaults it says nothing.
 #[test]
 fn live_settings_are_reported_as_not_enforced_at_start() {
     let switch = crate::harness::Switch::bind();
     let cfg = format!(
-        "{}\n[live]\nmax_tracked_calls = 5\ncall_expiry = \"2h\"\n",
+        "{}\n[live]\nmax_tracked_calls = 5\ncall_expiry = \"2h\"\nlease_ttl = \"20s\"\n",
         test_config(0, switch.addr(), "60s")
     );
     let d = crate::harness::Daemon::start(&cfg, ACCOUNTS);
     assert!(
-        d.wait_for_log("not enforced", 1, Duration::from_secs(5)),
+        d.wait_for_log("not implemented", 1, Duration::from_secs(5)),
         "no warning about [live]:\n{}",
         d.log()
     );
     let line = d
         .log()
         .lines()
-        .find(|l| l.contains("not enforced"))
+        .find(|l| l.contains("not implemented"))
         .unwrap()
         .to_owned();
     assert!(
-        line.contains("WARN") && line.contains("live.max_tracked_calls"),
+        line.contains("WARN") && line.contains("live.lease_ttl"),
         "{line}"
     );
-    // call_expiry is the Route token's life: enforced, so not named.
+    // Enforced keys are not named.
     assert!(!line.contains("call_expiry"), "{line}");
+    assert!(!line.contains("max_tracked_calls"), "{line}");
     let plain = crate::harness::Daemon::start(&test_config(0, switch.addr(), "60s"), ACCOUNTS);
     assert!(
         plain.wait_for_log("creditgate running", 1, Duration::from_secs(10)),
         "{}",
         plain.log()
     );
-    assert!(!plain.log().contains("not enforced"), "{}", plain.log());
+    assert!(!plain.log().contains("not implemented"), "{}", plain.log());
 }
