@@ -280,8 +280,14 @@ impl Live {
     }
 
     /// Polls `GET /accounts/{id}` until `want(live)` holds (see [`wait_live`]).
-    pub fn wait_live(&self, id: &str, limit: Duration, what: &str, want: impl Fn(&Json) -> bool) {
-        wait_live(self.admin, id, limit, what, want);
+    pub fn wait_live(
+        &self,
+        id: &str,
+        limit: Duration,
+        what: &str,
+        want: impl Fn(&Json) -> bool,
+    ) -> Json {
+        wait_live(self.admin, id, limit, what, want)
     }
 
     /// One counter or gauge now.
