@@ -46,8 +46,9 @@ use creditgate::config::Config;
 use creditgate::core::grammar::{first_via, parse_cseq, Host};
 use creditgate::core::keys::Keys;
 use creditgate::core::scan::{scan, Hdr, Start};
-use creditgate::core::{handle, Action, Listener, Packet, Policy};
-use creditgate::credit::{parse_ips, Account};
+use creditgate::core::{handle_live, Action, Listener, Packet, Policy};
+use creditgate::credit::{parse_ips, Account, Limits};
+use creditgate::live::calls::{LiveConfig, LiveState};
 use creditgate::snapshot::Snapshot;
 use libfuzzer_sys::fuzz_target;
 use rust_decimal::Decimal;
@@ -99,7 +100,14 @@ fn world() -> &'static World {
         let snap = Snapshot::new(t0);
         let mut pbx = acct("pbx", "10", "0");
         pbx.ips = parse_ips("192.0.2.0/24").unwrap_or_default();
+        let mut rated = acct("rated", "1", "0");
+        rated.limits = Some(Box::new(Limits {
+            rate_per_min: Decimal::from_str("1.00").ok(),
+            max_channels: Some(2),
+            ..Limits::default()
+        }));
         let accounts = vec![
+            rated,
             acct("alice", "25", "0"),
             acct("bob", "0", "0"),
             acct("carol", "-42", "100"),
@@ -444,7 +452,7 @@ fn show(b: &[u8]) -> String {
 }
 
 /// Runs one datagram and checks where its output goes.
-fn step(w: &World, seen: &mut Seen, data: &[u8], src: SocketAddr) {
+fn step(w: &World, live: &LiveState, seen: &mut Seen, data: &[u8], src: SocketAddr) {
     let src_n = normalise(src);
     if !unicast(src_n) || src_n.ip() == IpAddr::V4(Ipv4Addr::BROADCAST) {
         return;
@@ -457,7 +465,7 @@ fn step(w: &World, seen: &mut Seen, data: &[u8], src: SocketAddr) {
             seen.nodes.push(s);
         }
     }
-    let out = handle(
+    let out = handle_live(
         Packet {
             data,
             source: src,
@@ -467,6 +475,7 @@ fn step(w: &World, seen: &mut Seen, data: &[u8], src: SocketAddr) {
         },
         &w.snap,
         &w.policy,
+        Some(live),
     );
     match &out.action {
         Action::Drop => {}
@@ -528,6 +537,15 @@ fn step(w: &World, seen: &mut Seen, data: &[u8], src: SocketAddr) {
 
 fuzz_target!(|data: &[u8]| {
     let w = world();
+    // Call tracking on (SPEC 7), fresh per input so a crash reproduces from its input alone.
+    let live = LiveState::new(
+        LiveConfig {
+            reserve_secs: 30,
+            max_tracked_calls: 64,
+            ..LiveConfig::default()
+        },
+        w.t0,
+    );
     let mut seen = Seen::default();
     let mut inp = Input { data };
     for _ in 0..MAX_STEPS {
@@ -539,13 +557,13 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let src = source(&mut inp);
                 let d = inp.chunk().to_vec();
-                step(w, &mut seen, &d, src);
+                step(w, &live, &mut seen, &d, src);
             }
             // A templated request.
             1 | 2 => {
                 let src = source(&mut inp);
                 let d = request(&mut inp, src, &seen);
-                step(w, &mut seen, &d, src);
+                step(w, &live, &mut seen, &d, src);
             }
             // A response to an earlier forwarded request, from its recipient or anyone.
             _ => {
@@ -560,7 +578,7 @@ fuzz_target!(|data: &[u8]| {
                     dest
                 };
                 if let Some(r) = response(&mut inp, &fwd) {
-                    step(w, &mut seen, &r, src);
+                    step(w, &live, &mut seen, &r, src);
                 }
             }
         }

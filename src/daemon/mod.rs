@@ -401,11 +401,7 @@ pub fn live_state(
     live: &crate::config::LiveConfig,
     epoch: Instant,
 ) -> Option<Arc<crate::live::calls::LiveState>> {
-    let on = live.track_calls
-        || !live.reserve.is_zero()
-        || live.credit_scaled_channels
-        || live.low_credit_threshold.is_some();
-    on.then(|| {
+    live.tracking().then(|| {
         Arc::new(crate::live::calls::LiveState::new(
             crate::live::calls::LiveConfig {
                 reserve_secs: u32::try_from(live.reserve.as_secs_f64().ceil() as u64)
