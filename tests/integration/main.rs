@@ -24,6 +24,7 @@ mod flood;
 mod hardening;
 mod harness;
 mod live;
+mod live_calls;
 mod live_ops;
 mod live_redis;
 mod logs;
