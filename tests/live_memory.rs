@@ -10,7 +10,7 @@
 //!   (every call answered, each waiting in its account's switch heap, then moved by `tick` to
 //!   the expiry queue while the ring queue keeps its capacity). It prints the figures, and the
 //!   transient peak (a hash table that grows holds its old and new arrays for a moment).
-//! * [`a_full_table_refuses_new_calls_as_table_full_and_nothing_panics`]: at
+//! * [`a_full_table_refuses_new_calls_as_table_full_and_nothing_panics`]. At
 //!   `max_tracked_calls` every new call is refused with [`Refusal::TableFull`], from eight
 //!   threads at once, while retransmissions and the calls in the table go on; a slot freed by
 //!   a BYE, a failure or a ring timeout is taken again.

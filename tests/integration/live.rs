@@ -20,7 +20,7 @@
 //! the burst took, and the credit-scaled test needs its answered call to be younger than its
 //! 30 s reserve (it fails with a message saying so if the machine was slower than that).
 //!
-//! Each test names the refusal codes it expects from [`REPLIES`]: every new cause gets a code
+//! Each test names the refusal codes it expects from [`REPLIES`], where every new cause gets a code
 //! of its own, so a refusal for the wrong cause cannot pass for the right one.
 
 use std::net::SocketAddr;
@@ -89,7 +89,7 @@ pub(crate) struct Live {
 /// What became of a new call.
 pub(crate) enum Placed {
     /// The INVITE reached the switch.
-    Admitted(Call),
+    Admitted(Box<Call>),
     /// creditgate answered with this final response (already ACKed).
     Refused(Vec<u8>),
 }
@@ -111,7 +111,7 @@ impl Placed {
     #[track_caller]
     pub fn admitted(self, what: &str) -> Call {
         match self {
-            Placed::Admitted(c) => c,
+            Placed::Admitted(c) => *c,
             other => panic!(
                 "{what}: expected the INVITE at the switch, got {}",
                 other.describe()
@@ -202,13 +202,13 @@ impl Live {
         while Instant::now() < deadline {
             if let Some((m, from)) = self.switch.recv_timeout(Duration::from_millis(10)) {
                 if ours(&m) && method(&m).as_deref() == Some("INVITE") {
-                    return Placed::Admitted(Call {
+                    return Placed::Admitted(Box::new(Call {
                         invite: inv,
                         at_switch: m,
                         from,
                         tag: new_tag(),
                         ok: None,
-                    });
+                    }));
                 }
             }
             if let Some((m, _)) = caller.recv_timeout(Duration::from_millis(10)) {
@@ -248,13 +248,13 @@ impl Live {
                     continue;
                 };
                 assert!(out[i].is_none(), "INVITE {i} decided twice:\n{}", text(&m));
-                out[i] = Some(Placed::Admitted(Call {
+                out[i] = Some(Placed::Admitted(Box::new(Call {
                     invite: invites[i].clone(),
                     at_switch: m,
                     from,
                     tag: new_tag(),
                     ok: None,
-                }));
+                })));
                 deadline = Instant::now() + WAIT;
             }
             for (c, inv) in callers.iter().zip(&invites) {
