@@ -6,6 +6,7 @@
 //! | --- | --- |
 //! | [`sipp_a_long_call_eats_the_credit_of_a_second_call_and_its_bye_releases_the_hold`] | acceptance 2: SIPp `uac-allowed.xml` / `uas.xml` |
 //! | [`low_credit_events_arrive_once_per_crossing_and_again_after_a_top_up`] | acceptance 4: a `SUBSCRIBE` on `{prefix}events` |
+//! | [`a_time_threshold_is_talk_time_at_the_accounts_rate`] | a duration threshold at `rate_per_min` |
 //! | [`a_push_update_covers_the_calls_that_ended_before_it`] | a pushed re-read is a newer snapshot of the account |
 //! | [`a_redis_tariff_prices_calls_by_prefix`] | `{prefix}tariff:{name}` HASHes |
 //!
@@ -368,6 +369,38 @@ fn low_credit_events_arrive_once_per_crossing_and_again_after_a_top_up() {
     sub.expect_none(Duration::from_secs(2), "still below: no third event");
     two.bye(&live);
     sub.expect_none(Duration::from_millis(1500), "the second call ended below");
+}
+
+/// `low_credit_threshold = "6s"`: talk time at the account's `rate_per_min` (600/min, so
+/// 60.00). Balance 65.00: an answered call crosses 60.00 after half a second: one event,
+/// whose threshold is the money figure.
+#[test]
+fn a_time_threshold_is_talk_time_at_the_accounts_rate() {
+    let redis = RedisServer::start();
+    redis.hset(
+        "lowt",
+        &[
+            ("balance", "65.00"),
+            ("debit_limit", "0"),
+            ("rate_per_min", "600"),
+        ],
+    );
+    let switch = Switch::bind();
+    let cfg = with_live(
+        &redis_source(&test_config(0, switch.addr(), "60s"), &redis),
+        "low_credit_threshold = \"6s\"\n",
+    );
+    let live = Live::start(switch, &cfg, "");
+    wait_balance(live.admin, "lowt", "65.00", STARTUP_TIMEOUT);
+    let sub = Subscriber::start(&redis, &format!("{PREFIX}events"));
+    let mut call = live.place("lowt", NUMBER).admitted("the call");
+    call.answer(&live);
+    let e = sub.next(Duration::from_secs(10), "the crossing of 6 s of talk time");
+    assert_eq!(e["account"], "lowt", "{e}");
+    assert_eq!(money(&e["threshold"]), dec("60"), "6 s at 600/min: {e}");
+    assert!(money(&e["live_available"]) < dec("60"), "{e}");
+    sub.expect_none(Duration::from_secs(2), "once per crossing");
+    call.bye(&live);
 }
 
 /// SPEC 7: "A new snapshot drops the part of ended calls that ended before that snapshot was
