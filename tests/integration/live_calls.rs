@@ -11,6 +11,8 @@
 //! | [`a_call_never_answered_is_forgotten_after_ring_timeout`] | `ring_timeout` |
 //! | [`in_dialog_requests_of_a_call_the_switch_started_pass`] | `sender_started` exemption |
 //! | [`in_dialog_requests_of_untracked_calls_are_not_passed_as_in_dialog`] | "must belong to a tracked call" |
+//! | [`a_refresh_drops_the_ended_calls_it_covers_and_calls_in_progress_keep_holding`] | a new snapshot and the ledger |
+//! | [`an_answered_call_whose_bye_never_comes_is_forgotten_after_call_expiry`] | `call_expiry` (takes a minute) |
 
 use std::time::Duration;
 
@@ -428,4 +430,86 @@ fn in_dialog_requests_of_untracked_calls_are_not_passed_as_in_dialog() {
         &[("kind", "in_dialog")],
         in_dialog_before + 1.0,
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots and expiry
+
+/// SPEC 7: "A new snapshot drops the part of ended calls that ended before that snapshot was
+/// read (billing has them); calls in progress keep holding." File source, refreshed every
+/// second. Call A (60/min) is answered, lasts about two seconds and ends; call B is answered
+/// and stays up. Billing then writes the balance that charges call A (100.00 → 97.00); once
+/// a refresh has read it, call A's cost is no longer counted (ended since snapshot 0), and
+/// call B still holds what it held (it is still in progress).
+#[test]
+fn a_refresh_drops_the_ended_calls_it_covers_and_calls_in_progress_keep_holding() {
+    let accounts = |balance: &str| account("refr", &[("balance", balance), ("rate_per_min", "60")]);
+    let switch = Switch::bind();
+    let cfg = with_live(&test_config(0, switch.addr(), "60s"), "").replacen(
+        "refresh_interval = \"1h\"\nmax_staleness = \"2h\"",
+        "refresh_interval = \"1s\"",
+        1,
+    );
+    assert!(cfg.contains("refresh_interval = \"1s\""), "{cfg}");
+    let live = Live::start(switch, &cfg, &accounts("100.00"));
+    let mut a = live.place("refr", NUMBER).admitted("call A");
+    a.answer(&live);
+    let mut b = live.place("refr", NUMBER).admitted("call B");
+    b.answer(&live);
+    std::thread::sleep(Duration::from_secs(2));
+    a.bye(&live);
+    let l = live.wait_live("refr", WAIT, "call A ended", |l| {
+        count(&l["calls_in_progress"]) == 1
+    });
+    assert!(money(&l["ended_since_snapshot"]) >= dec("2"), "{l:#}");
+
+    live.daemon.rewrite_accounts(&accounts("97.00"));
+    let l = live.wait_live(
+        "refr",
+        Duration::from_secs(15),
+        "a refresh read after call A's end covers it",
+        |l| {
+            money(&l["snapshot_available"]) == dec("97.00")
+                && money(&l["ended_since_snapshot"]) == dec("0")
+        },
+    );
+    assert_eq!(
+        count(&l["calls_in_progress"]),
+        1,
+        "call B is still up: {l:#}"
+    );
+    assert_eq!(count(&l["answered"]), 1, "{l:#}");
+    assert!(
+        money(&l["held"]) >= dec("2"),
+        "call B (answered before A's two seconds) still holds its accrued cost: {l:#}"
+    );
+    assert_eq!(
+        money(&l["live_available"]),
+        dec("97.00") - money(&l["held"]),
+        "{l:#}"
+    );
+    b.bye(&live);
+}
+
+/// `call_expiry = "1m"`: an answered call whose BYE never comes is forgotten after a minute
+/// (counted `expired`), and what it cost counts as ended (at least 60 s at 0.60/min).
+/// Takes a little over a minute; polls, with 60 s of slack.
+#[test]
+fn an_answered_call_whose_bye_never_comes_is_forgotten_after_call_expiry() {
+    let accounts = account("exp", &[("balance", "100"), ("rate_per_min", "0.60")]);
+    let live = Live::file("call_expiry = \"1m\"\nring_timeout = \"3s\"\n", &accounts);
+    let mut call = live.place("exp", NUMBER).admitted("the call");
+    call.answer(&live);
+    let l = live.wait_live(
+        "exp",
+        Duration::from_secs(120),
+        "the call forgotten after call_expiry",
+        |l| count(&l["calls_in_progress"]) == 0,
+    );
+    assert!(
+        money(&l["ended_since_snapshot"]) >= dec("0.60"),
+        "60 s at 0.60/min counted as ended: {l:#}"
+    );
+    live.assert_metric("creditgate_calls_ended_total", &[("cause", "expired")], 1.0);
+    live.assert_metric("creditgate_calls_tracked", &[], 0.0);
 }
