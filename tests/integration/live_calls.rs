@@ -57,10 +57,11 @@ fn from_switch(live: &Live, call: &Call, method: &str, cseq: u32) -> Vec<u8> {
 ///
 /// 1. A retransmitted INVITE reaches the switch again but is the same call (no
 ///    `channel_limit`); CANCEL, the switch's 200 and 487: ended `cancelled`.
-/// 2. Answered; the switch retransmits its 200: still one call (a new call: 480). The switch
-///    hangs up (its BYE through creditgate to the caller): ended `bye` at once.
-/// 3. Answered; the caller's BYE is refused by the switch (481): the call still counts. The
-///    next BYE gets 200: ended `bye`.
+/// 2. Answered; the switch retransmits its 200, and a fork answers too: still one call (a
+///    new call: 480). The switch hangs up (its BYE through creditgate to the caller): ended
+///    `bye` at once.
+/// 3. Answered; a re-INVITE refused 488 and a BYE refused 481 by the switch end nothing: the
+///    call still counts. The next BYE gets 200: ended `bye`.
 #[test]
 fn every_way_a_call_ends_releases_its_slot_once() {
     let accounts = account(
@@ -133,6 +134,18 @@ fn every_way_a_call_ends_releases_its_slot_once() {
     live.caller
         .recv_matching(WAIT, |m| status_code(m) == Some(200))
         .expect("the retransmitted 200 at the caller");
+    // A forked 2xx (another To-tag): the same call.
+    let forked = response(
+        &b.at_switch,
+        200,
+        "OK",
+        Some(&new_tag()),
+        &[("Contact", &format!("<sip:{NUMBER}@{}>", live.switch.addr()))],
+    );
+    live.switch.send(&forked, b.from);
+    live.caller
+        .recv_matching(WAIT, |m| status_code(m) == Some(200))
+        .expect("the forked 200 at the caller");
     let l = live.live_of("life");
     assert_eq!(
         (count(&l["calls_in_progress"]), count(&l["answered"])),
@@ -153,12 +166,35 @@ fn every_way_a_call_ends_releases_its_slot_once() {
         .expect("the caller's 200 of the BYE at the switch");
     live.assert_metric("creditgate_calls_ended_total", &[("cause", "bye")], 1.0);
 
-    // 3. The switch refuses the first BYE.
+    // 3. A re-INVITE the switch refuses (488) leaves the call up; the switch refuses the
+    //    first BYE.
     let mut c = live.place("life", NUMBER).admitted("call C after B's BYE");
     c.answer(&live);
     let ok = c.ok.clone().expect("answered");
     live.caller
-        .send(&c.invite.in_dialog("BYE", &ok, 2).build(), d);
+        .send(&c.invite.in_dialog("INVITE", &ok, 2).sdp().build(), d);
+    let (re, from) = live
+        .switch
+        .recv_matching(WAIT, |m| method(m).as_deref() == Some("INVITE"))
+        .expect("call C's re-INVITE at the switch");
+    live.switch
+        .send(&response(&re, 488, "Not Acceptable Here", None, &[]), from);
+    let (r488, _) = live
+        .caller
+        .recv_matching(WAIT, |m| status_code(m) == Some(488))
+        .expect("the 488 of the re-INVITE at the caller");
+    live.caller.send(
+        &c.invite.in_dialog("INVITE", &ok, 2).ack_for(&r488).build(),
+        d,
+    );
+    let l = live.live_of("life");
+    assert_eq!(
+        (count(&l["calls_in_progress"]), count(&l["answered"])),
+        (1, 1),
+        "a failed re-INVITE ends nothing: {l:#}"
+    );
+    live.caller
+        .send(&c.invite.in_dialog("BYE", &ok, 3).build(), d);
     let (bye, from) = live
         .switch
         .recv_matching(WAIT, |m| method(m).as_deref() == Some("BYE"))
@@ -179,7 +215,7 @@ fn every_way_a_call_ends_releases_its_slot_once() {
     live.place("life", NUMBER)
         .refused(CHANNEL_LIMIT, "channel_limit", "a new call while C is up");
     live.caller
-        .send(&c.invite.in_dialog("BYE", &ok, 3).build(), d);
+        .send(&c.invite.in_dialog("BYE", &ok, 4).build(), d);
     let (bye, from) = live
         .switch
         .recv_matching(WAIT, |m| method(m).as_deref() == Some("BYE"))
