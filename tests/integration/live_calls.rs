@@ -171,8 +171,8 @@ fn every_way_a_call_ends_releases_its_slot_once() {
     let mut c = live.place("life", NUMBER).admitted("call C after B's BYE");
     c.answer(&live);
     let ok = c.ok.clone().expect("answered");
-    live.caller
-        .send(&c.invite.in_dialog("INVITE", &ok, 2).sdp().build(), d);
+    let reinvite = c.invite.in_dialog("INVITE", &ok, 2).sdp();
+    live.caller.send(&reinvite.build(), d);
     let (re, from) = live
         .switch
         .recv_matching(WAIT, |m| method(m).as_deref() == Some("INVITE"))
@@ -183,10 +183,7 @@ fn every_way_a_call_ends_releases_its_slot_once() {
         .caller
         .recv_matching(WAIT, |m| status_code(m) == Some(488))
         .expect("the 488 of the re-INVITE at the caller");
-    live.caller.send(
-        &c.invite.in_dialog("INVITE", &ok, 2).ack_for(&r488).build(),
-        d,
-    );
+    live.caller.send(&reinvite.ack_for(&r488).build(), d);
     let l = live.live_of("life");
     assert_eq!(
         (count(&l["calls_in_progress"]), count(&l["answered"])),
