@@ -220,8 +220,9 @@ impl Run {
 
 /// Builds `CALLS` calls of `accounts` accounts on a fresh state and measures it. With
 /// `entry_per_call`, each admission gets an `Arc<TariffEntry>` of its own, allocated after
-/// the mark (what `core::admission::live_inputs` does for a `rate_per_min` account today);
-/// otherwise all calls share one entry (a tariff's, made at refresh time).
+/// the mark (what the admission did for a `rate_per_min` account before the snapshot kept a
+/// precomputed rate entry per account, 625c93f: it shows why the entry must be shared);
+/// otherwise all calls share one entry (a tariff's or the account's, made at refresh time).
 fn measure(accounts: usize, entry_per_call: bool) -> Run {
     let epoch = Instant::now();
     let cfg = LiveConfig {
@@ -317,7 +318,7 @@ fn million_tracked_calls_stay_under_256_bytes_each() {
     let own = measure(1_000, true);
     own.print();
     println!(
-        "memory: with an Arc<TariffEntry> per call (rate_per_min accounts through the daemon today) the worst steady figure is {:.1} B/call (not asserted: the entry is the caller's)",
+        "memory: with an Arc<TariffEntry> allocated per call the worst steady figure is {:.1} B/call (not asserted: the daemon shares the entry since 625c93f)",
         own.worst()
     );
     for (accounts, w) in worst {
