@@ -40,4 +40,5 @@ mod sipvicious;
 mod snapshot_races;
 mod spiral;
 mod startup;
+mod tariffs;
 mod uri;
