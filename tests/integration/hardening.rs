@@ -202,7 +202,7 @@ fn forward_other_methods_false_is_not_bypassed_by_a_made_up_to_tag() {
 
 /// The Route token as docs/sip-handling.md describes it, computed here from the test secret:
 /// `MINUTES-hex(HMAC-SHA256(secret, "r" | len-prefixed Call-ID, tag, minutes u64 BE, node))[..10]`.
-fn mint(call_id: &str, tag: &str, minutes: u64) -> String {
+pub(crate) fn mint(call_id: &str, tag: &str, minutes: u64) -> String {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
     m.update(b"r");
     for p in [

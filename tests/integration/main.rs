@@ -8,7 +8,9 @@
 //! * [`startup`] — `check-config` and `run` agree on every file, faults exit 2;
 //! * [`bind`] — one daemon per SIP address;
 //! * [`cli`] — the `accounts` commands on a file-source config, closed pipes, help, wording;
-//! * [`docs`] — the documentation's recipes and examples, run.
+//! * [`docs`] — the documentation's recipes and examples, run;
+//! * [`live`], [`live_calls`], [`live_redis`] — live credit (SPEC 7, issue 11): the limits, how
+//!   tracked calls end, which in-dialog requests pass, events and a SIPp long call on Redis.
 //!
 //! Run with `cargo test --test integration`. Each test starts its own daemon, which binds port 0
 //! and logs what it bound (see [`harness`], "Ports"): no test picks a port it does not hold, so
@@ -23,7 +25,10 @@ mod docs;
 mod flood;
 mod hardening;
 mod harness;
+mod live;
+mod live_calls;
 mod live_ops;
+mod live_redis;
 mod logs;
 mod ops;
 mod proxy;

@@ -93,7 +93,7 @@ impl RedisServer {
     }
 
     /// The server's Unix socket.
-    fn socket(&self) -> std::path::PathBuf {
+    pub(crate) fn socket(&self) -> std::path::PathBuf {
         self.dir.path().join("redis.sock")
     }
 

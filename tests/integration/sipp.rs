@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-fn sipp_available() -> bool {
+pub(crate) fn sipp_available() -> bool {
     let ok = Command::new("sipp")
         .arg("-v")
         .stdout(Stdio::null())
@@ -64,7 +64,7 @@ const UAS_BIND: Duration = Duration::from_secs(10);
 // Running SIPp
 
 /// A SIPp command line being put together; [`SippCmd::start`] runs it.
-struct SippCmd {
+pub(crate) struct SippCmd {
     name: &'static str,
     dir: PathBuf,
     args: Vec<String>,
@@ -77,7 +77,7 @@ struct SippCmd {
 /// tries 5060, 5061, ... until a bind succeeds, so the port it gets is one it holds;
 /// [`SippCmd::start`] reads it back ([`Sipp::port`]). Start it before the daemon, whose
 /// `upstream` it is.
-fn uas(dir: &Path, name: &'static str, file: &str, calls: u64) -> SippCmd {
+pub(crate) fn uas(dir: &Path, name: &'static str, file: &str, calls: u64) -> SippCmd {
     SippCmd {
         name,
         dir: dir.to_path_buf(),
@@ -99,7 +99,7 @@ fn uas(dir: &Path, name: &'static str, file: &str, calls: u64) -> SippCmd {
 /// SIPp as a customer: `file` from [`CALLER_IP`] (a port SIPp finds free by binding it) to
 /// `target` (creditgate),
 /// `calls` calls at `rate` calls per second.
-fn uac(
+pub(crate) fn uac(
     dir: &Path,
     name: &'static str,
     target: SocketAddr,
@@ -130,25 +130,36 @@ fn uac(
 
 impl SippCmd {
     /// Appends `args` to the command line.
-    fn args(mut self, args: &[&str]) -> SippCmd {
+    pub(crate) fn args(mut self, args: &[&str]) -> SippCmd {
         self.args.extend(args.iter().map(|a| (*a).to_owned()));
         self
     }
 
     /// `-set var value` (the scenario must declare `var`).
-    fn set(self, var: &str, value: &str) -> SippCmd {
+    pub(crate) fn set(self, var: &str, value: &str) -> SippCmd {
         self.args(&["-set", var, value])
     }
 
+    /// Replaces the `-timeout` value (default [`SIPP_TIMEOUT`]), e.g. for calls held longer.
+    pub(crate) fn timeout(mut self, t: &str) -> SippCmd {
+        let at = self
+            .args
+            .iter()
+            .position(|a| a == "-timeout")
+            .expect("every SippCmd has -timeout");
+        self.args[at + 1] = t.to_owned();
+        self
+    }
+
     /// Also writes every message sent and received to `NAME.msg` (see [`Sipp::messages`]).
-    fn traced(mut self) -> SippCmd {
+    pub(crate) fn traced(mut self) -> SippCmd {
         self.trace_msg = true;
         self
     }
 
     /// Spawns SIPp (screen to `NAME.screen`, errors to `NAME.errors` in the directory); for a
     /// UAS, returns once its port is bound, so a UAC started next finds it.
-    fn start(self) -> Sipp {
+    pub(crate) fn start(self) -> Sipp {
         let screen = self.dir.join(format!("{}.screen", self.name));
         let errors = self.dir.join(format!("{}.errors", self.name));
         let messages = self.dir.join(format!("{}.msg", self.name));
@@ -184,18 +195,18 @@ impl SippCmd {
 }
 
 /// A running SIPp process; killed on drop.
-struct Sipp {
+pub(crate) struct Sipp {
     child: Child,
     screen: PathBuf,
     errors: PathBuf,
     messages: PathBuf,
     name: &'static str,
     /// A UAS's SIP port (0 for a UAC).
-    port: u16,
+    pub(crate) port: u16,
 }
 
 /// A directory for SIPp's screen, error and message files.
-fn sipp_dir() -> tempfile::TempDir {
+pub(crate) fn sipp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("creditgate-sipp-")
         .tempdir()
@@ -238,12 +249,12 @@ impl Sipp {
     }
 
     /// The messages traced so far (only with [`SippCmd::traced`]).
-    fn messages(&self) -> Vec<Traced> {
+    pub(crate) fn messages(&self) -> Vec<Traced> {
         traced(&self.messages)
     }
 
     /// Polls the message trace until `want` holds for one message; false after `limit`.
-    fn wait_for_message(&self, limit: Duration, want: impl Fn(&Traced) -> bool) -> bool {
+    pub(crate) fn wait_for_message(&self, limit: Duration, want: impl Fn(&Traced) -> bool) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             if self.messages().iter().any(&want) {
@@ -257,7 +268,7 @@ impl Sipp {
     }
 
     /// Waits for SIPp to exit (at most `limit`, then kills it and panics).
-    fn wait(mut self, limit: Duration) -> SippRun {
+    pub(crate) fn wait(mut self, limit: Duration) -> SippRun {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = self.child.try_wait().expect("poll sipp") {
@@ -294,7 +305,7 @@ impl Drop for Sipp {
 // Reading what SIPp reports
 
 /// A finished SIPp run: its exit code, final screens, error log and message trace.
-struct SippRun {
+pub(crate) struct SippRun {
     name: &'static str,
     code: Option<i32>,
     screen: String,
@@ -323,7 +334,7 @@ struct Row {
 
 impl SippRun {
     /// Everything SIPp said, for an assertion message.
-    fn report(&self) -> String {
+    pub(crate) fn report(&self) -> String {
         format!(
             "----- sipp {} exit {:?} -----\n{}\n----- sipp {} errors -----\n{}\n----- end of sipp {} -----",
             self.name, self.code, self.screen, self.name, self.errors, self.name
@@ -332,7 +343,7 @@ impl SippRun {
 
     /// The cumulative counter of a line such as `Successful call | 0 | 500` on the last
     /// statistics screen.
-    fn count(&self, label: &str) -> u64 {
+    pub(crate) fn count(&self, label: &str) -> u64 {
         self.screen
             .lines()
             .rev()
@@ -410,7 +421,7 @@ impl SippRun {
 
     /// Every one of `calls` calls succeeded, none failed, SIPp exited with 0 and saw no
     /// unexpected message.
-    fn assert_all_succeeded(&self, calls: u64) {
+    pub(crate) fn assert_all_succeeded(&self, calls: u64) {
         assert_eq!(
             self.count("Successful call"),
             calls,
@@ -435,21 +446,21 @@ impl SippRun {
 
 /// One message of a SIPp message trace (`-trace_msg`).
 #[derive(Debug)]
-struct Traced {
-    received: bool,
+pub(crate) struct Traced {
+    pub(crate) received: bool,
     /// The datagram as SIPp sent or received it (CRLF line ends), for the harness readers.
-    msg: Vec<u8>,
+    pub(crate) msg: Vec<u8>,
 }
 
 impl Traced {
-    fn is_request(&self, m: &str) -> bool {
+    pub(crate) fn is_request(&self, m: &str) -> bool {
         method(&self.msg).as_deref() == Some(m)
     }
     /// A request inside a dialog: its To carries a tag.
     fn in_dialog(&self) -> bool {
         to_tag(&self.msg).is_some()
     }
-    fn call_id(&self) -> String {
+    pub(crate) fn call_id(&self) -> String {
         header(&self.msg, "Call-ID").unwrap_or_default()
     }
 }
