@@ -40,7 +40,8 @@ pub fn threshold_money(t: Threshold, rate_per_min: Option<Decimal>) -> Option<De
     }
 }
 
-/// One sweep: the crossings of every account with a ledger, at `now`.
+/// One sweep: the crossings at `now` of the accounts whose live figure can have moved down since
+/// the last sweep ([`LiveState::sweep_accounts`]).
 pub fn sweep(
     shared: &Shared,
     live: &LiveState,
@@ -49,7 +50,7 @@ pub fn sweep(
     wall_secs: u64,
 ) -> Vec<LowCredit> {
     let mut out = Vec::new();
-    for account in live.ledger_accounts() {
+    for account in live.sweep_accounts() {
         let Some(inputs) = admission::live_inputs(&shared.snapshot, &account, b"") else {
             continue;
         };

@@ -152,8 +152,8 @@ pub const LATENCY_BUCKETS_US: [u64; 12] = [
 #[derive(Debug, Default)]
 pub struct Counters {
     pub admitted: Counter,
-    pub refused: [Counter; 7],
-    pub would_refuse: [Counter; 7],
+    pub refused: [Counter; RefusalCause::ALL.len()],
+    pub would_refuse: [Counter; RefusalCause::ALL.len()],
     pub passed: [Counter; 6],
     pub answered: [Counter; 9],
     pub dropped: [Counter; DropReason::ALL.len()],

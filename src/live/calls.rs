@@ -801,11 +801,22 @@ impl LiveState {
         });
     }
 
-    /// Every account with a ledger (calls in progress, ended calls not yet in a snapshot, or a
-    /// low-credit event fired): what the low-credit sweep looks at. O(accounts with a ledger);
-    /// off the packet path.
-    pub fn ledger_accounts(&self) -> Vec<Arc<str>> {
-        self.accounts.iter().map(|s| Arc::clone(s.key())).collect()
+    /// The accounts the low-credit sweep must look at ([`Ledger::take_sweep_mark`]: answered
+    /// calls, a call admitted since the last sweep, an event fired). One pass over the
+    /// accounts with a ledger taking each lock briefly (a busy one is included); the costly
+    /// part of a sweep (a snapshot read and a live estimate) is paid only for these. Off the
+    /// packet path.
+    pub fn sweep_accounts(&self) -> Vec<Arc<str>> {
+        self.accounts
+            .iter()
+            .filter(|s| {
+                s.value()
+                    .ledger
+                    .try_lock()
+                    .map_or(true, |mut l| l.take_sweep_mark())
+            })
+            .map(|s| Arc::clone(s.key()))
+            .collect()
     }
 
     /// Approximate heap bytes of the call table and queues, for the memory figure and a gauge.

@@ -737,3 +737,33 @@ fn busy_accounts_are_those_with_calls() {
     t.fail(1, 0);
     assert!(t.live.busy_accounts().is_empty());
 }
+
+/// The low-credit sweep looks at an account after an admission (once), while it has answered
+/// calls, and while its event is fired; an account with only ended or no calls costs it nothing.
+#[test]
+fn the_sweep_looks_only_where_the_live_figure_can_have_fallen() {
+    let t = T::new(reserve(0));
+    let e = entry("0.60");
+    let f = t.figs("10", 0);
+    assert!(t.live.sweep_accounts().is_empty());
+    t.admit(1, &e, &f, 0).unwrap();
+    assert_eq!(t.live.sweep_accounts(), vec![Arc::clone(&t.acct)]);
+    assert!(
+        t.live.sweep_accounts().is_empty(),
+        "ringing: looked at once"
+    );
+    t.answer(1, 1);
+    assert_eq!(t.live.sweep_accounts().len(), 1);
+    assert_eq!(t.live.sweep_accounts().len(), 1, "answered: every sweep");
+    t.bye(1, 30);
+    assert!(t.live.sweep_accounts().is_empty());
+    // A fired event keeps the account in view until the figure rises again.
+    t.admit(2, &e, &f, 31).unwrap();
+    let hit = t
+        .live
+        .low_credit(&t.acct, &f, Decimal::from(100), t.at(31), 0);
+    assert!(hit.is_some());
+    t.fail(2, 32);
+    assert_eq!(t.live.sweep_accounts().len(), 1);
+    assert_eq!(t.live.sweep_accounts().len(), 1);
+}

@@ -315,6 +315,9 @@ pub struct Ledger {
     /// GCRA theoretical arrival time (ns since epoch).
     tat_ns: u64,
     pub low_credit: Hysteresis,
+    /// A call was admitted since the low-credit sweep last looked (its reserve lowered the
+    /// live figure with no call answered).
+    admitted_since_sweep: bool,
 }
 
 impl Ledger {
@@ -475,9 +478,24 @@ impl Ledger {
 
     /// Records an admitted call: it rings and holds `reserve`; `tat` is [`Ledger::check`]'s.
     pub fn hold(&mut self, reserve: Decimal, tat: u64) {
+        self.admitted_since_sweep = true;
         self.ringing = self.ringing.saturating_add(1);
         self.ringing_held = self.ringing_held.saturating_add(reserve);
         self.tat_ns = tat;
+    }
+
+    /// Whether the low-credit sweep must look at this account now: answered calls accrue with
+    /// no packet passing, a call admitted since the last sweep holds its reserve, and an event
+    /// fired waits for the figure to rise again. Clears the admitted mark. An account with
+    /// none of these cannot have crossed since the sweep last looked, whatever its snapshot
+    /// (a lower balance alone shows at its next call).
+    pub fn take_sweep_mark(&mut self) -> bool {
+        let due = self.answered_const > 0
+            || self.answered_linear > 0
+            || self.admitted_since_sweep
+            || !self.low_credit.is_armed();
+        self.admitted_since_sweep = false;
+        due
     }
 
     /// Releases a ringing call's hold (failed, cancelled, ring timeout).
