@@ -31,12 +31,17 @@
 #   scripts/bench-live.sh [ACCOUNTS] [SECONDS] [REPS] [SIPP_RATES] [LOAD_RATES]
 #   scripts/bench-live.sh 100000 5 3 "500 2000" "10000 20000"      # the defaults
 #
+# VARIANTS adds daemons that isolate a part of the cost, interleaved with the two above and
+# compared with "off": "track" (track_calls only, no limit or event option) and "nolow"
+# (everything of "on" but low_credit_threshold), e.g. VARIANTS="track nolow".
+#
 # Environment: TARIFF=0|1 (default 1), SIPP_HOLD_MS (default 1000), RING_TIMEOUT (default "2s"),
 # PERF=1 (at the end, one more load-tool run at the highest rate on the "on" daemon under
 # `perf record -g`, not counted; prints the top frames), CREDITGATE_BIN / LOAD_BIN (use these
 # binaries, build nothing), KEEP=1 (keep the work directory).
 #
-# Loopback only (the daemons on 127.0.0.4 (off) and 127.0.0.6 (on), the callers on 127.0.0.1,
+# Loopback only (the daemons on 127.0.0.4 (off), 127.0.0.6 (on), 127.0.0.7 (track) and
+# 127.0.0.8 (nolow), the callers on 127.0.0.1,
 # the switch on 127.0.0.2, Redis on 127.0.0.1); every loop is bounded and every process it
 # starts is stopped on exit.
 set -euo pipefail
@@ -63,17 +68,19 @@ BIN=${CREDITGATE_BIN:-$ROOT/target/release/creditgate}
 LOAD=${LOAD_BIN:-$ROOT/target/release/examples/udp_load}
 SCEN="$ROOT/sipp-scenarios"
 
+DAEMONS="off on ${VARIANTS:-}"
+for d in $DAEMONS; do
+    case $d in off | on | track | nolow) ;; *) echo "unknown variant $d (track, nolow)" >&2; exit 2 ;; esac
+done
 WORK=$(mktemp -d /tmp/creditgate-bench-live.XXXXXX)
 REDIS_PID=""
-OFF_PID=""
-ON_PID=""
 UAS_PID=""
 PERF_PID=""
+declare -A PID ADDR ADMIN
 cleanup() {
     [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null || true
     [ -n "$UAS_PID" ] && kill "$UAS_PID" 2>/dev/null || true
-    [ -n "$OFF_PID" ] && kill "$OFF_PID" 2>/dev/null || true
-    [ -n "$ON_PID" ] && kill "$ON_PID" 2>/dev/null || true
+    for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
     wait 2>/dev/null || true
     if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
@@ -90,10 +97,11 @@ print(s.getsockname()[1])
 EOF
 }
 
-OFF_ADDR=127.0.0.4:$(free_port 127.0.0.4 udp)
-ON_ADDR=127.0.0.6:$(free_port 127.0.0.6 udp)
-OFF_ADMIN=127.0.0.1:$(free_port 127.0.0.1 tcp)
-ON_ADMIN=127.0.0.1:$(free_port 127.0.0.1 tcp)
+declare -A IP=([off]=127.0.0.4 [on]=127.0.0.6 [track]=127.0.0.7 [nolow]=127.0.0.8)
+for d in $DAEMONS; do
+    ADDR[$d]=${IP[$d]}:$(free_port "${IP[$d]}" udp)
+    ADMIN[$d]=127.0.0.1:$(free_port 127.0.0.1 tcp)
+done
 SWITCH_PORT=$(free_port 127.0.0.2 udp)
 SWITCH_ADDR=127.0.0.2:$SWITCH_PORT
 UAC_PORT=$(free_port 127.0.0.1 udp)
@@ -110,8 +118,9 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-# write_config NAME ADDR ADMIN LIVE(0|1)
+# write_config NAME: the daemon's configuration, its [live] table by variant.
 write_config() {
+    set -- "$1" "${ADDR[$1]}" "${ADMIN[$1]}"
     cat >"$WORK/$1.toml" <<EOF
 [sip]
 listen = ["$2"]
@@ -139,20 +148,29 @@ listen = "$3"
 level = "warn"
 format = "text"
 EOF
-    if [ "$4" = 1 ]; then
-        cat >>"$WORK/$1.toml" <<EOF
+    case $1 in
+        on | nolow)
+            cat >>"$WORK/$1.toml" <<EOF
 
 [live]
 track_calls = true
 reserve = "60s"
 credit_scaled_channels = true
-low_credit_threshold = "1.00"
 ring_timeout = "$RING_TIMEOUT"
 EOF
-    fi
+            if [ "$1" = on ]; then echo 'low_credit_threshold = "1.00"' >>"$WORK/$1.toml"; fi
+            ;;
+        track)
+            cat >>"$WORK/$1.toml" <<EOF
+
+[live]
+track_calls = true
+ring_timeout = "$RING_TIMEOUT"
+EOF
+            ;;
+    esac
 }
-write_config off "$OFF_ADDR" "$OFF_ADMIN" 0
-write_config on "$ON_ADDR" "$ON_ADMIN" 1
+for d in $DAEMONS; do write_config "$d"; done
 
 # Accounts: acct-0 .. acct-(N-1) for the load tool (every 10th, i % 10 == 5, has no credit and
 # is refused with 402), and the SIPp trunk. Every limit is far above what the load asks for.
@@ -176,7 +194,7 @@ echo "import: $(head -1 "$WORK/import.out") in $(awk -v a="$t0" -v b="$t1" 'BEGI
 TARIFF_NOTE="every account rated by \`rate_per_min = \"$RATE_VAL\"\`"
 if [ "$TARIFF" = 1 ]; then
     # Tariff "bench": 1000 prefixes of 2 to 6 digits (all two-digit ones, 49 + two digits,
-    # then pseudo-random longer ones), so the lookup for 4930123456 walks 4 → 49 → 4930 → 493012.
+    # then pseudo-random longer ones), so the dialled 4930123456 matches 49, 4930 and 493012.
     python3 - "$WORK/tariff.csv" "$NUMBER" <<'EOF'
 import random, sys
 path, number = sys.argv[1], sys.argv[2]
@@ -195,27 +213,31 @@ with open(path, "w") as f:
 EOF
     "$BIN" accounts import "$WORK/tariff.csv" --tariff bench --config "$WORK/off.toml" >"$WORK/tariff-import.out"
     echo "tariff: $(head -1 "$WORK/tariff-import.out")" >&2
-    TARIFF_NOTE="every account on tariff \`bench\` ($(($(wc -l <"$WORK/tariff.csv") - 1)) prefixes of 2-6 digits; the dialled $NUMBER matches 4, 49, 4930 and 493012)"
+    TARIFF_NOTE="every account on tariff \`bench\` ($(($(wc -l <"$WORK/tariff.csv") - 1)) prefixes of 2-6 digits; the dialled $NUMBER matches 49, 4930 and 493012)"
 fi
 
-NO_COLOR=1 "$BIN" run --config "$WORK/off.toml" >"$WORK/off.log" 2>&1 &
-OFF_PID=$!
-NO_COLOR=1 "$BIN" run --config "$WORK/on.toml" >"$WORK/on.log" 2>&1 &
-ON_PID=$!
+for d in $DAEMONS; do
+    NO_COLOR=1 "$BIN" run --config "$WORK/$d.toml" >"$WORK/$d.log" 2>&1 &
+    PID[$d]=$!
+done
 ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$1/ready")" = 200 ]; }
+all_ready() {
+    local d
+    for d in $DAEMONS; do ready "${ADMIN[$d]}" || return 1; done
+}
 for _ in $(seq 300); do
-    ready "$OFF_ADMIN" && ready "$ON_ADMIN" && break
+    all_ready && break
     sleep 0.1
 done
-for p in "$OFF_PID" "$ON_PID"; do
-    kill -0 "$p" 2>/dev/null || { echo "a daemon died:" >&2; cat "$WORK"/off.log "$WORK"/on.log >&2; exit 1; }
+for d in $DAEMONS; do
+    kill -0 "${PID[$d]}" 2>/dev/null || { echo "daemon $d died:" >&2; cat "$WORK/$d.log" >&2; exit 1; }
 done
-ready "$OFF_ADMIN" && ready "$ON_ADMIN" || { echo "the daemons are not ready" >&2; cat "$WORK"/*.log >&2; exit 1; }
+all_ready || { echo "the daemons are not ready" >&2; cat "$WORK"/*.log >&2; exit 1; }
 TCK=$(getconf CLK_TCK)
 
-pid_of() { if [ "$1" = on ]; then echo "$ON_PID"; else echo "$OFF_PID"; fi; }
-addr_of() { if [ "$1" = on ]; then echo "$ON_ADDR"; else echo "$OFF_ADDR"; fi; }
-admin_of() { if [ "$1" = on ]; then echo "$ON_ADMIN"; else echo "$OFF_ADMIN"; fi; }
+pid_of() { echo "${PID[$1]}"; }
+addr_of() { echo "${ADDR[$1]}"; }
+admin_of() { echo "${ADMIN[$1]}"; }
 cpu_ticks() { sed 's/^.*) //' /proc/"$1"/stat | awk '{print $12 + $13}'; }
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {printf "%.0f\n", t}'; }
 # The decision latency histogram's sum (s) and count, from /metrics.
@@ -256,7 +278,7 @@ sipp_run() {
     (cd "$dir" && timeout -k 5 $((tmo + 45)) sipp "$(addr_of "$daemon")" -sf "$SCEN/uac-allowed.xml" \
         -set account "$TRUNK" -s "$NUMBER" -i 127.0.0.1 -p "$UAC_PORT" -m "$calls" -r "$rate" \
         -d "$SIPP_HOLD_MS" -timeout "${tmo}s" -nostdin -buff_size 4194304 \
-        -trace_stat -stf stats.csv -fd 1 -trace_rtt -rtt_freq 100 \
+        -trace_stat -stf stats.csv -fd 1 -trace_rtt -rtt_freq $((calls < 1000 ? 10 : 100)) \
         -trace_err -error_file uac-errors.log >uac.out 2>&1) || rc=$?
     wait "$UAS_PID" || urc=$?
     UAS_PID=""
@@ -300,11 +322,11 @@ load_run() {
     echo "load $daemon $rate $line" >>"$WORK/results.txt"
 }
 
-tracked() { curl -s "http://$ON_ADMIN/metrics" | awk '/^creditgate_calls_tracked / {print $2 + 0}'; }
+tracked() { curl -s "http://${ADMIN[on]}/metrics" | awk '/^creditgate_calls_tracked / {print $2 + 0}'; }
 
 # Warm-up and checks: 1 s of the load tool and 200 SIPp calls through each, not recorded.
 : >"$WORK/results.txt"
-for d in off on; do
+for d in $DAEMONS; do
     w=$(load_run "$d" 1000 "warmup-$d")
     echo "$w" >&2
     echo "$w" | grep -q ' admitted=0 ' && { echo "$d admits nothing" >&2; cat "$WORK/$d.log" >&2; exit 1; }
@@ -317,8 +339,12 @@ done
 echo "calls tracked by \"on\" after the warm-up: $(tracked)" >&2
 : >"$WORK/results.txt"
 
-rotated() { # $1 = repetition: "off on" or "on off"
-    if [ $(($1 % 2)) = 1 ]; then echo "off on"; else echo "on off"; fi
+rotated() { # $1 = repetition r: the daemons, starting with number (r - 1) mod count
+    local r=$1 i
+    # shellcheck disable=SC2086
+    set -- $DAEMONS
+    for i in $(seq $(((r - 1) % $#))); do set -- "${@:2}" "$1"; done
+    echo "$@"
 }
 for rate in $SIPP_RATES; do
     for rep in $(seq "$REPS"); do
@@ -341,25 +367,32 @@ echo "calls tracked by \"on\" at the end of the runs: $(tracked)" >&2
 PERF_TOP=""
 if [ "${PERF:-}" = 1 ] && [ -n "$LOAD_RATES" ] && command -v perf >/dev/null; then
     top_rate=$(echo "$LOAD_RATES" | tr ' ' '\n' | sort -n | tail -1)
-    perf record -g -F 999 -o "$WORK/perf.data" -p "$ON_PID" >"$WORK/perf.out" 2>&1 &
+    # DWARF unwinding: the release build has no frame pointers (debug = 1 gives the line tables).
+    perf record --call-graph dwarf,16384 -F 499 -o "$WORK/perf.data" -p "${PID[on]}" >"$WORK/perf.out" 2>&1 &
     PERF_PID=$!
     sleep 0.5
-    timeout 120 "$LOAD" --target "$ON_ADDR" --switch "$SWITCH_ADDR" --rate "$top_rate" \
+    timeout 120 "$LOAD" --target "${ADDR[on]}" --switch "$SWITCH_ADDR" --rate "$top_rate" \
         --duration "$DURATION" --accounts "$ACCOUNTS" --prefix acct- --label "perf-on-$top_rate" >&2
     sleep "$SETTLE"
     kill -INT "$PERF_PID" 2>/dev/null || true
     wait "$PERF_PID" 2>/dev/null || true
     PERF_PID=""
     perf report -i "$WORK/perf.data" --no-children --stdio --percent-limit 0.7 -g none \
-        --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 >"$WORK/perf-top.txt" || true
-    perf report -i "$WORK/perf.data" --children --stdio --percent-limit 1 -g none \
-        --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | grep -i 'live\|tariff\|ledger\|calls::' \
+        --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | sed -E 's/ +- +-$//; s/ {2,}/  /g' | head -40 >"$WORK/perf-top.txt" || true
+    # Inclusive time of the live-credit frames (and of the packet path, for scale).
+    perf report -i "$WORK/perf.data" --children --stdio --percent-limit 0.5 -g none \
+        --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | sed -E 's/ +- +-$//; s/ {2,}/  /g' \
+        | grep -E 'creditgate::(live|daemon::calls|daemon::worker::serve|core::handle|core::proxy|core::admission)' \
         | head -30 >"$WORK/perf-live.txt" || true
     PERF_TOP=1
 fi
 
-ON_METRICS=$(curl -s "http://$ON_ADMIN/metrics" | grep -E '^creditgate_(calls_ended|live_refusals|refusals|low_credit_events|calls_tracked|live_untracked)' | grep -v ' 0$' || true)
-OFF_METRICS=$(curl -s "http://$OFF_ADMIN/metrics" | grep -E '^creditgate_refusals' | grep -v ' 0$' || true)
+METRICS=""
+for d in $DAEMONS; do
+    METRICS+=$(curl -s "http://${ADMIN[$d]}/metrics" | grep -E '^creditgate_(calls_ended|live_refusals|refusals|low_credit_events|calls_tracked|live_untracked|events)' \
+        | grep -v ' 0$' | sed "s/^/$d: /" || true)
+    METRICS+=$'\n'
+done
 
 echo
 echo "### Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) vCPU $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'), Linux $(uname -r), load average before: $LOADAVG"
@@ -368,6 +401,7 @@ echo "Command: \`TARIFF=$TARIFF scripts/bench-live.sh $ACCOUNTS $DURATION $REPS 
 echo
 echo "\"on\": \`track_calls = true\`, \`reserve = \"60s\"\`, \`credit_scaled_channels = true\`, \`low_credit_threshold = \"1.00\"\`, \`ring_timeout = \"$RING_TIMEOUT\"\`;" \
     "$TARIFF_NOTE; max_channels, max_cps and daily_spend_limit set on every account, far above the load."
+[ -n "${VARIANTS:-}" ] && echo "Variants: \"track\" = \`track_calls = true\` alone; \"nolow\" = \"on\" without \`low_credit_threshold\`."
 echo "SIPp: one trunk account, ${SIPP_HOLD_MS} ms hold, RATE × $DURATION calls per run. Load tool: $ACCOUNTS accounts, RATE × $DURATION INVITEs per run."
 echo
 python3 - "$WORK/results.txt" "$TCK" <<'EOF'
@@ -406,41 +440,52 @@ print("answered INVITEs), from the threads' schedstat run time (ns) and, as a cr
 print("utime+stime (10 ms ticks). Decision: the daemon's own mean time from a datagram's arrival to")
 print("its decision (creditgate_decision_latency).")
 print()
+variants = [v for v in ("track", "nolow") if any(v in r for r in rows.values())]
 for (kind, rate) in sorted(rows, key=lambda k: (k[0] != "sipp", k[1])):
-    off, on = rows[(kind, rate)].get("off", []), rows[(kind, rate)].get("on", [])
+    got = rows[(kind, rate)]
+    off, on = got.get("off", []), got.get("on", [])
     if not off or not on:
         continue
+    extra = [(v, got.get(v, [])) for v in variants]
     if kind == "sipp":
         print(f"**SIPp whole calls, {rate} calls/s** ({on[0]['calls']} successful per run)")
     else:
         print(f"**Load tool, {rate} INVITE/s** ({on[0]['sent']} per run)")
     print()
-    print("| measure | off | on | on / off |")
-    print("|---|---|---|---|")
+    print("| measure | off | on | on / off |" + "".join(f" {v} | {v} / off |" for v, _ in extra))
+    print("|---|---|---|---|" + "---|---|" * len(extra))
     def line(name, key, fmt):
-        a, b = med([r[key] for r in off]), med([r[key] for r in on])
-        ratio = f"{b / a:.2f}" if a else "–"
-        print(f"| {name} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
-        return a, b
+        a = med([r[key] for r in off])
+        out = f"| {name} | {fmt.format(a)} |"
+        for _, rs in [("on", on)] + extra:
+            if not rs:
+                out += " – | – |"
+                continue
+            b = med([r[key] for r in rs])
+            out += f" {fmt.format(b)} | {b / a:.2f} |" if a else f" {fmt.format(b)} | – |"
+        print(out)
+        return a, med([r[key] for r in on])
+    each = lambda rs, k: " / ".join(str(r[k]) for r in rs)
+    def eachline(name, key):
+        print(f"| {name} | {each(off, key)} | {each(on, key)} | |" + "".join(f" {each(rs, key)} | |" for _, rs in extra))
     a, b = line("CPU per call (schedstat)", "cpu_ns", "{:.1f} µs")
     line("CPU per call (ticks)", "cpu_ticks", "{:.1f} µs")
     line("datagrams decided per call", "per_call", "{:.2f}")
     line("mean decision time per datagram", "dec", "{:.2f} µs")
-    each = lambda rs, k: " / ".join(str(r[k]) for r in rs)
     if kind == "sipp":
         line("call setup p50 (SIPp, INVITE → 200)", "p50", "{:.0f} ms")
         line("call setup p99 (SIPp)", "p99", "{:.0f} ms")
         line("call setup mean (SIPp)", "mean", "{:.2f} ms")
-        print(f"| failed calls, each rep | {each(off, 'failed')} | {each(on, 'failed')} | |")
-        print(f"| retransmissions, each rep | {each(off, 'retrans')} | {each(on, 'retrans')} | |")
+        eachline("failed calls, each rep", "failed")
+        eachline("retransmissions, each rep", "retrans")
         label = f"SIPp {rate}/s"
     else:
         line("p50 latency (kernel timestamps)", "p50", "{:.0f} µs")
         line("p99 latency (kernel timestamps)", "p99", "{:.0f} µs")
-        print(f"| lost, each rep | {each(off, 'lost')} | {each(on, 'lost')} | |")
-        print(f"| refused (402, no credit), each rep | {each(off, 'refused')} | {each(on, 'refused')} | |")
+        eachline("lost, each rep", "lost")
+        eachline("refused (402, no credit), each rep", "refused")
         label = f"load tool {rate}/s"
-    print(f"| drops at the daemon's socket, each rep | {each(off, 'drops')} | {each(on, 'drops')} | |")
+    eachline("drops at the daemon's socket, each rep", "drops")
     print()
     summary.append((label, a, b))
 print("| CPU per call (schedstat medians) | off | on | on / off | target ≤ 1.25 |")
@@ -449,14 +494,12 @@ for label, a, b in summary:
     print(f"| {label} | {a:.1f} µs | {b:.1f} µs | {b / a:.2f} | {'met' if b / a <= 1.25 else 'missed'} |")
 EOF
 echo
-echo "Metrics of \"on\" at the end (non-zero):"
+echo "Refusal, call and event metrics of each daemon at the end (non-zero):"
 echo
 echo '```'
-echo "$ON_METRICS"
+echo "$METRICS" | grep -v '^$'
 echo '```'
-echo
-echo "Refusals of \"off\" at the end: ${OFF_METRICS:-none}" | tr '\n' ' '
-echo
+
 if [ -n "$PERF_TOP" ]; then
     echo
     echo "perf record -g of \"on\" during one more load-tool run (not counted above), top self-time symbols:"
