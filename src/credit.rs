@@ -9,6 +9,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use rust_decimal::Decimal;
 
+use crate::live::tariff::TariffEntry;
+
 /// One customer account as the snapshot holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Account {
@@ -32,6 +34,9 @@ pub struct Account {
 }
 
 /// The optional SPEC section 7 fields of an account.
+///
+/// Equality compares every field; `rate_entry` is derived from `rate_per_min` (equal rates give
+/// equal entries), so it never makes two otherwise equal records differ.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
     pub max_channels: Option<u32>,
@@ -39,6 +44,21 @@ pub struct Limits {
     pub rate_per_min: Option<Decimal>,
     pub daily_spend_limit: Option<Decimal>,
     pub spent_today: Option<Decimal>,
+    /// The name of the tariff the account's calls are rated by (SPEC 7 "Rates").
+    pub tariff: Option<Arc<str>>,
+    /// `TariffEntry::per_minute(rate_per_min)`, built once when the record is parsed so the
+    /// packet path only clones an `Arc`. Kept in step with `rate_per_min` by
+    /// [`Account::from_fields`]; code that sets `rate_per_min` by hand calls
+    /// [`Limits::set_rate_per_min`].
+    pub rate_entry: Option<Arc<TariffEntry>>,
+}
+
+impl Limits {
+    /// Sets `rate_per_min` and its precomputed entry together.
+    pub fn set_rate_per_min(&mut self, rate: Option<Decimal>) {
+        self.rate_per_min = rate;
+        self.rate_entry = rate.map(|r| Arc::new(TariffEntry::per_minute(r)));
+    }
 }
 
 impl Account {
@@ -70,6 +90,14 @@ impl Account {
     }
     pub fn spent_today(&self) -> Option<Decimal> {
         self.limits.as_ref().and_then(|l| l.spent_today)
+    }
+    /// The tariff name, if the account names one.
+    pub fn tariff(&self) -> Option<&Arc<str>> {
+        self.limits.as_ref().and_then(|l| l.tariff.as_ref())
+    }
+    /// The flat-rate entry of `rate_per_min`, if set.
+    pub fn rate_entry(&self) -> Option<&Arc<TariffEntry>> {
+        self.limits.as_ref().and_then(|l| l.rate_entry.as_ref())
     }
 
     /// Sets one limit, allocating the box only when a value is present.
@@ -155,7 +183,7 @@ impl Account {
                 }
                 "rate_per_min" => {
                     let v = parse_opt_money(value).map_err(|r| BadField::new("rate_per_min", r))?;
-                    acct.set_limit(v, |l, v| l.rate_per_min = v);
+                    acct.set_limit(v, |l, v| l.set_rate_per_min(v));
                 }
                 "daily_spend_limit" => {
                     let v = parse_opt_money(value)
@@ -165,6 +193,16 @@ impl Account {
                 "spent_today" => {
                     let v = parse_opt_money(value).map_err(|r| BadField::new("spent_today", r))?;
                     acct.set_limit(v, |l, v| l.spent_today = v);
+                }
+                "tariff" => {
+                    let v = if value.is_empty() {
+                        None
+                    } else if valid_tariff_name(value) {
+                        Some(Arc::<str>::from(value))
+                    } else {
+                        return Err(BadField::new("tariff", TARIFF_NAME_RULE));
+                    };
+                    acct.set_limit(v, |l, v| l.tariff = v);
                 }
                 _ => {}
             }
@@ -196,6 +234,21 @@ impl BadField {
 /// An account id: printable, no whitespace, no separators that would break a log line or a key.
 pub fn valid_account_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Longest tariff name, in bytes.
+pub const MAX_TARIFF_NAME: usize = 64;
+
+/// What a tariff name must be (the text of the error for a bad one).
+pub const TARIFF_NAME_RULE: &str =
+    "a tariff name must be 1-64 bytes without spaces or control characters";
+
+/// A tariff name: 1-64 bytes, no whitespace, no control characters (it appears in a Redis key,
+/// `{prefix}tariff:{name}`, and in log lines).
+pub fn valid_tariff_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TARIFF_NAME
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Largest magnitude accepted for a money amount: far beyond any real balance, far below
@@ -549,5 +602,43 @@ mod tests {
         assert_eq!(e.field, "id");
         let e = Account::from_fields("acme", [("balance", "1"), ("enabled", "maybe")]).unwrap_err();
         assert_eq!(e.field, "enabled");
+    }
+
+    /// Issue 11 item 1: `tariff` is a name checked when the record is parsed, and the
+    /// `rate_per_min` entry is built then (equal records stay equal).
+    #[test]
+    fn tariff_name_and_rate_entry() {
+        let a = Account::from_fields(
+            "acme",
+            [
+                ("balance", "1"),
+                ("tariff", "intl-2026"),
+                ("rate_per_min", "0.0200"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(a.tariff().map(|t| &**t), Some("intl-2026"));
+        assert_eq!(
+            a.rate_entry().map(|e| (**e).clone()),
+            Some(TariffEntry::per_minute(d("0.0200")))
+        );
+        let b = Account::from_fields(
+            "acme",
+            [
+                ("rate_per_min", "0.0200"),
+                ("tariff", "intl-2026"),
+                ("balance", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        let none = Account::from_fields("acme", [("balance", "1"), ("tariff", "")]).unwrap();
+        assert!(none.limits.is_none() && none.tariff().is_none() && none.rate_entry().is_none());
+        let long = "t".repeat(MAX_TARIFF_NAME + 1);
+        for bad in ["two words", "tab\there", "ctl\u{7}", long.as_str()] {
+            let e = Account::from_fields("acme", [("balance", "1"), ("tariff", bad)]).unwrap_err();
+            assert_eq!(e.field, "tariff", "{bad:?}");
+        }
+        assert!(valid_tariff_name(&"t".repeat(MAX_TARIFF_NAME)));
     }
 }

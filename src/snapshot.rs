@@ -49,6 +49,7 @@ use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
 
 use crate::credit::Account;
+use crate::live::tariff::{dialled_number, Tariff, TariffEntry};
 
 /// What the core needs to decide a call, copied out of the map in one statement (no `Ref` is
 /// ever held across other work, see CRATES.md on dashmap deadlocks).
@@ -57,6 +58,29 @@ pub struct CreditView {
     pub enabled: bool,
     pub balance: Decimal,
     pub debit_limit: Decimal,
+}
+
+/// What the live check (SPEC 7) needs of an account for one call, copied out of the map in
+/// one read: no allocation beyond `Arc` clones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveView {
+    pub enabled: bool,
+    /// `balance + debit_limit`.
+    pub available: Decimal,
+    /// When the read of this record began: calls ended before it are in the balance.
+    pub read_at: Instant,
+    pub max_channels: Option<u32>,
+    pub max_cps: Option<u32>,
+    pub daily_spend_limit: Option<Decimal>,
+    /// `spent_today`, 0 when absent.
+    pub spent_today: Decimal,
+    /// The price of the dialled number: the longest prefix of the account's tariff, else its
+    /// `rate_per_min`; `None` when neither covers it.
+    pub entry: Option<Arc<TariffEntry>>,
+    /// The account's `rate_per_min` (time thresholds of low-credit events use it).
+    pub rate_per_min: Option<Decimal>,
+    /// The tariff the account names, and whether it is loaded.
+    pub tariff: Option<(Arc<str>, bool)>,
 }
 
 /// The shared snapshot.
@@ -84,18 +108,28 @@ pub struct Snapshot {
     /// that read the account before the deletion does not bring it back. Pruned when a refresh
     /// begins (its reads all come after the stamps there).
     pushed_gone: DashMap<Arc<str>, u32, FxBuildHasher>,
+    /// Tariffs by name (SPEC 7 "Rates"), replaced whole per tariff.
+    tariffs: DashMap<Arc<str>, Arc<Tariff>, FxBuildHasher>,
 }
 
 /// A point in the snapshot's update order, taken before reading records from the credit store:
 /// a record fed with it is not applied over a push of the same account applied after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadTicket(u32);
+pub struct ReadTicket(u32, u64);
 
 /// Whether push stamp `stamp` was taken after `ticket` (0: no push). Wrapping comparison: valid
 /// while fewer than 2^31 pushes separate the two, and stamps never grow that old: a refresh
 /// that meets an account clears its stamp, and tombstones live one refresh.
 fn pushed_after(stamp: u32, ticket: ReadTicket) -> bool {
     stamp != 0 && (stamp.wrapping_sub(ticket.0) as i32) > 0
+}
+
+impl ReadTicket {
+    /// When the ticket was taken, ns after the snapshot's epoch: when the read of the records
+    /// fed with it began (live credit drops the ended calls it covers, SPEC 7).
+    fn read_ns(self) -> u64 {
+        self.1
+    }
 }
 
 /// One map entry. The account is boxed: a hash table has room for up to twice as many
@@ -106,17 +140,26 @@ struct Slot {
     /// The mark of the last full refresh that met this account (see [`Snapshot::mark`]).
     mark: AtomicU32,
     /// Stamp of the push update that wrote this entry, 0 when a full refresh wrote it or met
-    /// it since (see [`pushed_after`]). Fits the padding: the entry stays 16 bytes.
+    /// it since (see [`pushed_after`]).
     pushed: u32,
+    /// When the latest read that wrote or confirmed this record began, ns after the epoch
+    /// (SPEC 7: calls that ended before it are in the balance).
+    read_ns: AtomicU64,
 }
 
 impl Slot {
-    fn new(acct: Account, mark: u32, pushed: u32) -> Self {
+    fn new(acct: Account, mark: u32, pushed: u32, read_ns: u64) -> Self {
         Slot {
             acct: Box::new(acct),
             mark: AtomicU32::new(mark),
             pushed,
+            read_ns: AtomicU64::new(read_ns),
         }
+    }
+
+    /// Records a newer read of the same record.
+    fn confirm(&self, read_ns: u64) {
+        self.read_ns.fetch_max(read_ns, Ordering::AcqRel);
     }
 }
 
@@ -152,12 +195,21 @@ impl Snapshot {
             generation: AtomicU64::new(0),
             clock: AtomicU32::new(0),
             pushed_gone: DashMap::with_hasher(FxBuildHasher),
+            tariffs: DashMap::with_hasher(FxBuildHasher),
         }
     }
 
     /// A ticket to take before reading records from the credit store (see the module header).
+    /// It also dates the read: the records fed with it count as read now (the one clock read
+    /// of this module: the read's start is what live credit needs, and only the source knows
+    /// when that is, so it takes the ticket right before sending the read).
     pub fn read_ticket(&self) -> ReadTicket {
-        ReadTicket(self.clock.load(Ordering::SeqCst))
+        let stamp = self.clock.load(Ordering::SeqCst);
+        ReadTicket(stamp, self.ns_since_epoch(Instant::now()))
+    }
+
+    fn ns_since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The stamp of a push update being applied: after every ticket taken so far.
@@ -203,6 +255,83 @@ impl Snapshot {
             balance: s.acct.balance,
             debit_limit: s.acct.debit_limit,
         })
+    }
+
+    /// The live check's view of account `id` for a call to Request-URI user `ruri_user`
+    /// (SPEC 7): one map read, the tariff lookup under it (a tariff is looked up in its own
+    /// map; no account entry is held while another map is locked but that one, read-only).
+    pub fn live_view(&self, id: &str, ruri_user: &[u8]) -> Option<LiveView> {
+        let slot = self.accounts.get(id)?;
+        let a = &slot.acct;
+        let l = a.limits.as_deref();
+        let rate_per_min = l.and_then(|l| l.rate_per_min);
+        let rate_entry = || {
+            l.and_then(|l| l.rate_entry.clone())
+                .or_else(|| rate_per_min.map(|r| Arc::new(TariffEntry::per_minute(r))))
+        };
+        let (entry, tariff) = match l.and_then(|l| l.tariff.as_ref()) {
+            Some(name) => match self.tariffs.get(&**name) {
+                Some(t) => {
+                    let hit =
+                        dialled_number(ruri_user, a.tech_prefix.as_deref().map(str::as_bytes))
+                            .and_then(|d| t.lookup(&d).cloned());
+                    (hit.or_else(rate_entry), Some((Arc::clone(name), true)))
+                }
+                None => (rate_entry(), Some((Arc::clone(name), false))),
+            },
+            None => (rate_entry(), None),
+        };
+        Some(LiveView {
+            enabled: a.enabled,
+            available: a.balance.saturating_add(a.debit_limit),
+            read_at: self.epoch + Duration::from_nanos(slot.read_ns.load(Ordering::Acquire)),
+            max_channels: l.and_then(|l| l.max_channels),
+            max_cps: l.and_then(|l| l.max_cps),
+            daily_spend_limit: l.and_then(|l| l.daily_spend_limit),
+            spent_today: l.and_then(|l| l.spent_today).unwrap_or_default(),
+            entry,
+            rate_per_min,
+            tariff,
+        })
+    }
+
+    /// A tariff by name.
+    pub fn tariff(&self, name: &str) -> Option<Arc<Tariff>> {
+        self.tariffs.get(name).map(|t| Arc::clone(&t))
+    }
+
+    /// Sets (adds or replaces) one tariff.
+    pub fn set_tariff(&self, name: &str, tariff: Tariff) {
+        self.tariffs.insert(Arc::from(name), Arc::new(tariff));
+    }
+
+    /// Removes one tariff; whether it was there.
+    pub fn remove_tariff(&self, name: &str) -> bool {
+        self.tariffs.remove(name).is_some()
+    }
+
+    /// A full refresh's tariff set: the tariffs read are set, those the source no longer has
+    /// are removed, and those named in `keep` (read but bad: the previous version stays) are
+    /// left as they are. Returns how many were removed.
+    pub fn replace_tariffs(&self, read: Vec<(String, Tariff)>, keep: &[String]) -> usize {
+        let names: std::collections::HashSet<&str> = read
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(keep.iter().map(String::as_str))
+            .collect();
+        let before = self.tariffs.len();
+        self.tariffs.retain(|k, _| names.contains(&**k));
+        let removed = before - self.tariffs.len();
+        for (name, t) in read {
+            self.set_tariff(&name, t);
+        }
+        removed
+    }
+
+    /// Tariffs loaded, and their prefixes in all.
+    pub fn tariff_counts(&self) -> (usize, usize) {
+        let prefixes = self.tariffs.iter().map(|t| t.len()).sum();
+        (self.tariffs.len(), prefixes)
     }
 
     /// The whole entry (admin API, tooling).
@@ -260,21 +389,27 @@ impl Snapshot {
     }
 
     /// Inserts or replaces one account (a push update). A full refresh in flight that read
-    /// this account before now will not overwrite it.
+    /// this account before now will not overwrite it. The record counts as read now.
     pub fn upsert(&self, acct: Account) {
+        self.upsert_read_at(acct, Instant::now());
+    }
+
+    /// [`Snapshot::upsert`] of a record whose read began at `read_at`.
+    pub fn upsert_read_at(&self, acct: Account, read_at: Instant) {
+        let read_ns = self.ns_since_epoch(read_at);
         // A full refresh in progress counts it as met: the store has it now.
         let mark = self.mark.load(Ordering::Acquire);
         match self.accounts.entry(Arc::clone(&acct.id)) {
             Entry::Occupied(mut e) => {
                 let stamp = self.push_stamp();
                 self.ip_index.update(Some(&e.get().acct), Some(&acct));
-                e.insert(Slot::new(acct, mark, stamp));
+                e.insert(Slot::new(acct, mark, stamp, read_ns));
             }
             Entry::Vacant(e) => {
                 let stamp = self.push_stamp();
                 self.pushed_gone.remove(&*acct.id);
                 self.ip_index.update(None, Some(&acct));
-                e.insert(Slot::new(acct, mark, stamp));
+                e.insert(Slot::new(acct, mark, stamp, read_ns));
             }
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -343,7 +478,12 @@ impl<'s> FullRefresh<'s> {
         // shard never wait behind it. Anything else is decided again under the write lock.
         {
             if let Some(slot) = snap.accounts.get(&*acct.id) {
-                if (slot.pushed == 0 && *slot.acct == acct) || pushed_after(slot.pushed, ticket) {
+                if slot.pushed == 0 && *slot.acct == acct {
+                    slot.mark.store(self.mark, Ordering::Release);
+                    slot.confirm(ticket.read_ns());
+                    return;
+                }
+                if pushed_after(slot.pushed, ticket) {
                     slot.mark.store(self.mark, Ordering::Release);
                     return;
                 }
@@ -361,11 +501,12 @@ impl<'s> FullRefresh<'s> {
                     e.get_mut().pushed = 0;
                 }
                 if *e.get().acct == acct {
+                    e.get().confirm(ticket.read_ns());
                     return;
                 }
                 self.changed += 1;
                 snap.ip_index.update(Some(&e.get().acct), Some(&acct));
-                e.insert(Slot::new(acct, self.mark, 0));
+                e.insert(Slot::new(acct, self.mark, 0, ticket.read_ns()));
             }
             Entry::Vacant(e) => {
                 let gone = snap.pushed_gone.get(&*acct.id).map(|g| *g);
@@ -377,7 +518,7 @@ impl<'s> FullRefresh<'s> {
                 }
                 self.added += 1;
                 snap.ip_index.update(None, Some(&acct));
-                e.insert(Slot::new(acct, self.mark, 0));
+                e.insert(Slot::new(acct, self.mark, 0, ticket.read_ns()));
             }
         }
     }
@@ -750,6 +891,62 @@ mod tests {
         a.ips = parse_ips(ips).unwrap();
         a.tech_prefix = tp.map(Into::into);
         a
+    }
+
+    /// Issue 11: the live view prices the dialled number by the account's tariff (longest
+    /// prefix, tech prefix and `+` removed), falls back to `rate_per_min`, says when the tariff
+    /// is missing, and dates the record by the start of the read that last confirmed it.
+    #[test]
+    fn live_view_prices_by_tariff_and_dates_the_read() {
+        let t0 = Instant::now();
+        let s = Snapshot::new(t0);
+        let mut a = Account::from_fields(
+            "a",
+            [
+                ("balance", "2.50"),
+                ("debit_limit", "0.50"),
+                ("rate_per_min", "0.10"),
+                ("tariff", "intl"),
+                ("tech_prefix", "99#"),
+                ("max_channels", "3"),
+            ],
+        )
+        .unwrap();
+        a.ips = Vec::new();
+        s.apply_full(vec![a.clone()], t0, 0.5, false).unwrap();
+        let rate = |v: &LiveView| v.entry.as_ref().map(|e| e.rate_per_min.to_string());
+        // No tariff loaded yet: the account's rate, and the view says so.
+        let v = s.live_view("a", b"99#+4420").unwrap();
+        assert_eq!(rate(&v).as_deref(), Some("0.10"));
+        assert_eq!(v.tariff, Some((Arc::from("intl"), false)));
+        assert_eq!(v.available, "3.00".parse::<Decimal>().unwrap());
+        assert_eq!(v.max_channels, Some(3));
+        let mut t = Tariff::new();
+        t.insert_str("44", "0.0500").unwrap();
+        t.insert_str("4420", "0.0100 0.05 60/6").unwrap();
+        s.set_tariff("intl", t);
+        let v = s.live_view("a", b"99#+4420123").unwrap();
+        assert_eq!(rate(&v).as_deref(), Some("0.0100"));
+        assert_eq!(v.tariff, Some((Arc::from("intl"), true)));
+        assert_eq!(
+            rate(&s.live_view("a", b"99#4471").unwrap()).as_deref(),
+            Some("0.0500")
+        );
+        // Not covered by the tariff: the account's rate.
+        assert_eq!(
+            rate(&s.live_view("a", b"99#33").unwrap()).as_deref(),
+            Some("0.10")
+        );
+        assert_eq!(s.tariff_counts(), (1, 2));
+        // An unchanged record read again moves the read time on.
+        let first = s.live_view("a", b"").unwrap().read_at;
+        std::thread::sleep(Duration::from_millis(2));
+        s.apply_full(vec![a], t0, 0.5, false).unwrap();
+        assert!(s.live_view("a", b"").unwrap().read_at > first);
+        // A full tariff set without "intl" removes it; one naming it as kept does not.
+        assert_eq!(s.replace_tariffs(Vec::new(), &["intl".to_owned()]), 0);
+        assert_eq!(s.replace_tariffs(Vec::new(), &[]), 1);
+        assert!(s.tariff("intl").is_none());
     }
 
     #[test]
@@ -1175,11 +1372,12 @@ mod tests {
     }
 
     /// Per-batch read tickets: a record read after a push applies over it, one read before
-    /// does not; the comparison survives the clock wrapping; the entry stays 16 bytes.
+    /// does not; the comparison survives the clock wrapping; the entry stays 24 bytes (the
+    /// boxed account, the mark, the push stamp and the read time of live credit).
     #[test]
     fn read_tickets_order_records_and_pushes() {
         assert!(
-            std::mem::size_of::<Slot>() <= 16,
+            std::mem::size_of::<Slot>() <= 24,
             "{}",
             std::mem::size_of::<Slot>()
         );

@@ -9,6 +9,8 @@
 //!   existing hash stay. Exit status 0 when every row was written, 1 when some were refused.
 //!   `import FILE.toml` takes an accounts file of the `file` source instead and writes every
 //!   known field of each account.
+//! * `import --tariff NAME FILE.csv`: a tariff (columns `prefix,rate,connect_fee,increments`),
+//!   validated whole, written to `{prefix}tariff:NAME` atomically ([`super::tariff`]).
 //! * `set ID --balance X ...`: `HSET` of the given fields (the merged record is validated first),
 //!   then `PUBLISH ID` on `{prefix}updates` so running daemons apply it at once.
 //! * `show ID`: the hash, field by field, and whether the daemon would accept it; then, when a
@@ -45,7 +47,7 @@ pub const IMPORT_BATCH: usize = 1000;
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 /// The fields an account hash may have (SPEC section 5), in display order.
-const FIELDS: [&str; 11] = ACCOUNT_FIELDS;
+const FIELDS: [&str; 12] = ACCOUNT_FIELDS;
 
 #[derive(Debug, Subcommand)]
 pub enum AccountsCmd {
@@ -59,6 +61,10 @@ pub enum AccountsCmd {
         /// otherwise they pick the rows up at their next full refresh).
         #[arg(long)]
         publish: bool,
+        /// Import a tariff instead: the CSV's columns are `prefix,rate,connect_fee,increments`
+        /// (the last two optional), written whole to {prefix}tariff:NAME, replacing it.
+        #[arg(long, value_name = "NAME")]
+        tariff: Option<String>,
     },
     /// Change fields of one account and PUBLISH it on {prefix}updates.
     Set {
@@ -128,7 +134,19 @@ async fn connect(cfg: &Config) -> anyhow::Result<MultiplexedConnection> {
 async fn run_async(cmd: AccountsCmd, cfg: &Config) -> anyhow::Result<bool> {
     let prefix = cfg.credit.key_prefix.as_str();
     match cmd {
-        AccountsCmd::Import { file, publish } => {
+        AccountsCmd::Import {
+            file,
+            publish,
+            tariff: Some(name),
+        } => {
+            let mut conn = connect(cfg).await?;
+            super::tariff::import(&mut conn, prefix, &name, &file, publish).await
+        }
+        AccountsCmd::Import {
+            file,
+            publish,
+            tariff: None,
+        } => {
             let mut conn = connect(cfg).await?;
             if file
                 .extension()
@@ -503,6 +521,7 @@ fn account_fields(a: &Account) -> Vec<(&'static str, String)> {
             opt(a.daily_spend_limit().map(|v| v.to_string())),
         ),
         ("spent_today", opt(a.spent_today().map(|v| v.to_string()))),
+        ("tariff", opt(a.tariff().map(|t| t.to_string()))),
     ]
 }
 

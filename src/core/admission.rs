@@ -97,29 +97,25 @@ pub struct LiveInputs {
     /// The tariff entry of the dialled number, else the account's `rate_per_min`; `None` when
     /// neither covers it (unrated).
     pub entry: Option<Arc<TariffEntry>>,
+    /// The whole view (rate, tariff name) for the admin API and the low-credit sweep.
+    pub view: crate::snapshot::LiveView,
 }
 
-/// Reads [`LiveInputs`] of `account` for a call to Request-URI user `ruri_user`.
+/// Reads [`LiveInputs`] of `account` for a call to Request-URI user `ruri_user`: one snapshot
+/// read ([`Snapshot::live_view`]).
 pub fn live_inputs(snap: &Snapshot, account: &str, ruri_user: &[u8]) -> Option<LiveInputs> {
-    // TEMPORARY until the snapshot's one-read `live_view` lands: copies the account out.
-    let acct = snap.account(account)?;
-    let _ = ruri_user;
-    let limits = acct.limits.as_deref();
-    let read_at = Instant::now()
-        .checked_sub(snap.age(Instant::now()).unwrap_or_default())
-        .unwrap_or_else(Instant::now);
+    let view = snap.live_view(account, ruri_user)?;
     Some(LiveInputs {
         figures: AccountFigures {
-            available: acct.balance.saturating_add(acct.debit_limit),
-            read_at,
-            max_channels: limits.and_then(|l| l.max_channels),
-            max_cps: limits.and_then(|l| l.max_cps),
-            daily_spend_limit: limits.and_then(|l| l.daily_spend_limit),
-            spent_today: limits.and_then(|l| l.spent_today).unwrap_or_default(),
+            available: view.available,
+            read_at: view.read_at,
+            max_channels: view.max_channels,
+            max_cps: view.max_cps,
+            daily_spend_limit: view.daily_spend_limit,
+            spent_today: view.spent_today,
         },
-        entry: limits
-            .and_then(|l| l.rate_per_min)
-            .map(|r| Arc::new(TariffEntry::per_minute(r))),
+        entry: view.entry.clone(),
+        view,
     })
 }
 

@@ -334,6 +334,9 @@ fn live_json(
             "max_cps": fig.max_cps,
             "daily_spend_limit": money(fig.daily_spend_limit),
             "spent_today": fig.spent_today.to_string(),
+            "rate_per_min": money(inputs.view.rate_per_min),
+            "tariff": inputs.view.tariff.as_ref().map(|(name, _)| name.to_string()),
+            "tariff_loaded": inputs.view.tariff.as_ref().map(|(_, loaded)| *loaded),
             "reserve_seconds": live.config().reserve_secs,
             "credit_scaled_channels": live.config().credit_scaled_channels,
             "unrated": match policy.unrated {

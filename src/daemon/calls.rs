@@ -53,11 +53,7 @@ pub fn sweep(
         let Some(inputs) = admission::live_inputs(&shared.snapshot, &account, b"") else {
             continue;
         };
-        let rate = shared
-            .snapshot
-            .account(&account)
-            .and_then(|a| a.limits.and_then(|l| l.rate_per_min));
-        let Some(money) = threshold_money(threshold, rate) else {
+        let Some(money) = threshold_money(threshold, inputs.view.rate_per_min) else {
             continue;
         };
         if let Some(ev) = live.low_credit(&account, &inputs.figures, money, now, wall_secs) {

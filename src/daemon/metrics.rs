@@ -465,6 +465,21 @@ impl CreditgateCollector {
 
     /// Live credit (SPEC 7), only while call tracking is on.
     fn encode_live(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let (tariffs, prefixes) = self.shared.snapshot.tariff_counts();
+        gauge(
+            enc,
+            "creditgate_tariffs",
+            "Tariffs loaded from the credit source ({prefix}tariff:NAME hashes, [[tariff]] tables).",
+            None,
+            i64::try_from(tariffs).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            enc,
+            "creditgate_tariff_prefixes",
+            "Prefixes in all loaded tariffs.",
+            None,
+            i64::try_from(prefixes).unwrap_or(i64::MAX),
+        )?;
         let Some(live) = &self.shared.live else {
             return Ok(());
         };

@@ -168,6 +168,12 @@ fn read_accounts(path: &Path, problems: &mut Vec<ConfigProblem>) -> Option<usize
                     format!("{}: {bad} (bad record)", path.display()),
                 ));
             }
+            for bad in &report.bad_tariffs {
+                problems.push(problem(
+                    "credit.file",
+                    format!("{}: {bad} (bad tariff)", path.display()),
+                ));
+            }
             Some(report.accounts.len())
         }
     }

@@ -45,6 +45,8 @@ impl Source {
                 // Applying a large file takes a while: do it off the runtime threads that serve
                 // SIP (a long synchronous call there stalls packets queued behind it), on a
                 // short-lived thread at background priority.
+                let bad_tariffs = report.bad_tariffs;
+                let tariffs = crate::source::apply_tariffs(snapshot, report.tariffs, &bad_tariffs);
                 let snap = Arc::clone(snapshot);
                 let accounts = report.accounts;
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -64,6 +66,8 @@ impl Source {
                 Ok(Refreshed {
                     applied,
                     bad: report.bad,
+                    bad_tariffs,
+                    tariffs,
                 })
             }
             Source::Redis(r) => r.refresh(snapshot, max_shrink, force).await,
@@ -205,7 +209,12 @@ impl Refresher {
             .source
             .refresh(snap, self.inner.max_shrink, force)
             .await;
-        let Refreshed { applied, bad } = match refreshed {
+        let Refreshed {
+            applied,
+            bad,
+            bad_tariffs,
+            tariffs,
+        } = match refreshed {
             Ok(r) => r,
             Err(e) => {
                 let stats = &self.inner.stats;
@@ -219,7 +228,10 @@ impl Refresher {
         for bad in &bad {
             tracing::warn!(account = %bad.id, field = %bad.field, reason = %bad.reason, "skipping bad account record");
         }
-        let n_bad = bad.len();
+        for bad in &bad_tariffs {
+            tracing::warn!(tariff = %bad.name, field = %bad.field, reason = %bad.reason, "skipping bad tariff; its previous version, if any, stays");
+        }
+        let n_bad = bad.len() + bad_tariffs.len();
         self.inner.stats.bad_records.add(n_bad as u64);
         match applied {
             Ok(st) => {
@@ -234,6 +246,7 @@ impl Refresher {
                     changed = st.changed,
                     removed = st.removed,
                     bad = n_bad,
+                    tariffs,
                     took_ms = t0.elapsed().as_millis() as u64,
                     "snapshot refreshed"
                 );

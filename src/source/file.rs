@@ -5,11 +5,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{BadRecord, LoadReport, SourceError};
-use crate::credit::Account;
+use super::{BadRecord, BadTariff, LoadReport, SourceError};
+use crate::credit::{valid_tariff_name, Account, TARIFF_NAME_RULE};
+use crate::live::tariff::Tariff;
 
 /// Fields an account table may have.
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "id",
     "balance",
     "debit_limit",
@@ -22,6 +23,7 @@ const FIELDS: [&str; 12] = [
     "rate_per_min",
     "daily_spend_limit",
     "spent_today",
+    "tariff",
 ];
 
 /// The accounts file.
@@ -58,14 +60,28 @@ pub fn parse_accounts(text: &str, path: &Path) -> Result<LoadReport, SourceError
         .parse()
         .map_err(|e: toml::de::Error| fmt_err(e.to_string()))?;
     for key in table.keys() {
-        if key != "account" {
+        if key != "account" && key != "tariff" {
             return Err(fmt_err(format!(
-                "unknown top-level key `{key}` (expected [[account]] tables)"
+                "unknown top-level key `{key}` (expected [[account]] and [[tariff]] tables)"
             )));
         }
     }
+    let (tariffs, bad_tariffs) = match table.get("tariff") {
+        None => (Vec::new(), Vec::new()),
+        Some(toml::Value::Array(a)) => parse_tariffs(a),
+        Some(_) => {
+            return Err(fmt_err(
+                "`tariff` must be an array of tables ([[tariff]])".into(),
+            ))
+        }
+    };
+    let empty = LoadReport {
+        tariffs,
+        bad_tariffs,
+        ..LoadReport::default()
+    };
     let list = match table.get("account") {
-        None => return Ok(LoadReport::default()),
+        None => return Ok(empty),
         Some(toml::Value::Array(a)) => a,
         Some(_) => {
             return Err(fmt_err(
@@ -73,7 +89,7 @@ pub fn parse_accounts(text: &str, path: &Path) -> Result<LoadReport, SourceError
             ))
         }
     };
-    let mut report = LoadReport::default();
+    let mut report = empty;
     let mut seen = HashSet::new();
     for (i, v) in list.iter().enumerate() {
         let Some(t) = v.as_table() else {
@@ -111,6 +127,84 @@ pub fn parse_accounts(text: &str, path: &Path) -> Result<LoadReport, SourceError
         }
     }
     Ok(report)
+}
+
+/// `[[tariff]]` tables: `name = "intl"`, `rates = { "44" = "0.0120 0.05 60/6", ... }` (SPEC 7).
+/// A tariff with any bad key is left out whole (a missing entry would price its numbers by a
+/// shorter, maybe cheaper, prefix), reported with the key path.
+fn parse_tariffs(list: &[toml::Value]) -> (Vec<(String, Tariff)>, Vec<BadTariff>) {
+    let mut good: Vec<(String, Tariff)> = Vec::new();
+    let mut bad = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let at = format!("tariff[{i}]");
+        let fail = |name: &str, field: &str, reason: String| BadTariff {
+            name: name.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
+        let Some(t) = v.as_table() else {
+            bad.push(fail(&at, "-", "not a table".into()));
+            continue;
+        };
+        if let Some(k) = t.keys().find(|k| *k != "name" && *k != "rates") {
+            bad.push(fail(
+                &at,
+                &format!("{at}.{k}"),
+                "unknown key (expected name, rates)".into(),
+            ));
+            continue;
+        }
+        let name = match t.get("name") {
+            Some(toml::Value::String(n)) if valid_tariff_name(n) => n.clone(),
+            Some(toml::Value::String(_)) => {
+                bad.push(fail(&at, &format!("{at}.name"), TARIFF_NAME_RULE.into()));
+                continue;
+            }
+            _ => {
+                bad.push(fail(
+                    &at,
+                    &format!("{at}.name"),
+                    "missing or not a string".into(),
+                ));
+                continue;
+            }
+        };
+        let Some(rates) = t.get("rates").and_then(toml::Value::as_table) else {
+            bad.push(fail(
+                &name,
+                &format!("{at}.rates"),
+                "missing or not a table of \"PREFIX\" = \"RATE [FEE [I/N]]\"".into(),
+            ));
+            continue;
+        };
+        let mut tariff = Tariff::new();
+        let mut fault = None;
+        for (prefix, entry) in rates {
+            let field = format!("{at}.rates.\"{}\"", prefix.escape_debug());
+            let Some(entry) = entry.as_str() else {
+                fault = Some((field, "must be a string: \"RATE [FEE [I/N]]\"".to_owned()));
+                break;
+            };
+            if let Err(e) = tariff.insert_str(prefix, entry) {
+                fault = Some((field, e.to_string()));
+                break;
+            }
+        }
+        if let Some((field, reason)) = fault {
+            bad.push(fail(&name, &field, reason));
+            continue;
+        }
+        if good.iter().any(|(n, _)| *n == name) {
+            bad.push(fail(
+                &name,
+                &format!("{at}.name"),
+                "duplicate name (first one kept)".into(),
+            ));
+            continue;
+        }
+        good.push((name, tariff));
+    }
+    (good, bad)
 }
 
 fn record(id: &str, t: &toml::Table) -> Result<Account, (String, String)> {
@@ -167,6 +261,58 @@ mod tests {
         .unwrap();
         assert!(r.bad.is_empty(), "{:?}", r.bad);
         assert!(r.accounts.len() >= 5);
+    }
+
+    /// Issue 11: `[[tariff]]` tables load; a bad one is reported whole with its key path.
+    #[test]
+    fn tariffs_load_and_bad_ones_name_the_key() {
+        let text = r#"
+[[tariff]]
+name = "intl"
+rates = { "44" = "0.0500", "4420" = "0.0100 0.05 60/6" }
+
+[[tariff]]
+name = "broken"
+rates = { "33" = "0.02", "3x" = "0.01" }
+
+[[tariff]]
+name = "typo"
+rate = { "1" = "0.01" }
+
+[[tariff]]
+rates = { "1" = "0.01" }
+
+[[tariff]]
+name = "intl"
+rates = { "1" = "0.01" }
+
+[[account]]
+id = "a"
+balance = "1"
+tariff = "intl"
+
+[[account]]
+id = "b"
+balance = "1"
+tariff = "has space"
+"#;
+        let r = parse_accounts(text, Path::new("a.toml")).unwrap();
+        assert_eq!(r.tariffs.len(), 1);
+        assert_eq!(r.tariffs[0].0, "intl");
+        assert_eq!(r.tariffs[0].1.len(), 2);
+        let bad: Vec<String> = r.bad_tariffs.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 4, "{bad:#?}");
+        assert!(
+            bad[0].starts_with("tariff broken: `tariff[1].rates.\"3x\"`"),
+            "{bad:#?}"
+        );
+        assert!(bad[1].contains("`tariff[2].rate`"), "{bad:#?}");
+        assert!(bad[2].contains("`tariff[3].name`"), "{bad:#?}");
+        assert!(bad[3].contains("duplicate"), "{bad:#?}");
+        assert_eq!(r.accounts.len(), 1);
+        assert_eq!(r.accounts[0].tariff().map(|t| &**t), Some("intl"));
+        assert_eq!(r.bad.len(), 1);
+        assert_eq!(r.bad[0].field, "tariff");
     }
 
     #[test]

@@ -38,8 +38,9 @@ use redis::{Client, RedisError, RedisResult, Value};
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
-use super::{BadRecord, Refreshed, SourceError};
-use crate::credit::{valid_account_id, Account};
+use super::{apply_tariffs, BadRecord, BadTariff, Refreshed, SourceError};
+use crate::credit::{valid_account_id, valid_tariff_name, Account, TARIFF_NAME_RULE};
+use crate::live::tariff::Tariff;
 use crate::snapshot::{FullRefresh, Snapshot};
 
 /// `COUNT` hint of each `SCAN` step. The SCAN walk is the one sequential part of a full load
@@ -185,7 +186,7 @@ pub enum Record {
 }
 
 /// The hash fields creditgate reads (SPEC section 5), in display order; others are ignored.
-pub const ACCOUNT_FIELDS: [&str; 11] = [
+pub const ACCOUNT_FIELDS: [&str; 12] = [
     "balance",
     "debit_limit",
     "enabled",
@@ -197,10 +198,49 @@ pub const ACCOUNT_FIELDS: [&str; 11] = [
     "rate_per_min",
     "daily_spend_limit",
     "spent_today",
+    "tariff",
 ];
 
 /// Turns one `HGETALL` reply into a [`Record`]: string fields as [`Account::from_fields`] takes
 /// them. Non-UTF-8 field names or values make the record bad.
+/// Parses a `{prefix}tariff:{name}` hash (field = prefix, value = entry): `Ok(None)` when the
+/// key is gone, `Err` naming the first bad field.
+pub fn parse_tariff(name: &str, reply: RedisResult<Value>) -> Result<Option<Tariff>, BadTariff> {
+    let bad = |field: &str, reason: String| BadTariff {
+        name: name.to_owned(),
+        field: field.to_owned(),
+        reason,
+    };
+    if !valid_tariff_name(name) {
+        return Err(bad("-", TARIFF_NAME_RULE.into()));
+    }
+    let value = reply.map_err(|e| bad("-", format!("cannot read the hash: {e}")))?;
+    let pairs: Vec<(&Value, &Value)> = match &value {
+        Value::Nil => return Ok(None),
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|c| match c {
+                [k, v] => Some((k, v)),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(items) => items.iter().map(|(k, v)| (k, v)).collect(),
+        other => return Err(bad("-", format!("not a hash (got {other:?})"))),
+    };
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut t = Tariff::new();
+    for (k, v) in pairs {
+        let (Some(prefix), Some(entry)) = (value_str(k), value_str(v)) else {
+            return Err(bad("-", "a field or value is not UTF-8 text".into()));
+        };
+        t.insert_str(prefix, entry)
+            .map_err(|e| bad(prefix, e.to_string()))?;
+    }
+    Ok(Some(t))
+}
+
 pub fn parse_record(id: &str, reply: RedisResult<Value>) -> Record {
     let bad = |field: &str, reason: String| {
         Record::Bad(BadRecord {
@@ -315,14 +355,107 @@ impl RedisSource {
             tokio::time::sleep(LOAD_RETRY_DELAY).await;
             result = self.load_attempt(snapshot.begin_full()).await;
         }
-        match result {
-            Ok((full, bad)) => Ok(Refreshed {
-                applied: full.finish(Instant::now(), max_shrink, force),
-                bad,
-            }),
-            Err(e) => {
+        // Tariffs are few and small: read whole after the accounts, applied per tariff.
+        let tariffs = match &result {
+            Ok(_) => Some(self.load_tariffs().await),
+            Err(_) => None,
+        };
+        match (result, tariffs) {
+            (Ok(_), Some(Err(e))) => {
                 self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
                 Err(e)
+            }
+            (Ok((full, bad)), tariffs) => {
+                let (read, bad_tariffs) = tariffs.and_then(Result::ok).unwrap_or_default();
+                let tariffs = apply_tariffs(snapshot, read, &bad_tariffs);
+                Ok(Refreshed {
+                    applied: full.finish(Instant::now(), max_shrink, force),
+                    bad,
+                    bad_tariffs,
+                    tariffs,
+                })
+            }
+            (Err(e), _) => {
+                self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads every tariff: `SCAN MATCH {prefix}tariff:*`, one pipelined `HGETALL` per key.
+    /// A tariff with a bad field is reported whole (its previous version stays).
+    pub async fn load_tariffs(
+        &self,
+    ) -> Result<(Vec<(String, Tariff)>, Vec<BadTariff>), SourceError> {
+        let mut conn = self.conn.clone();
+        let head = format!("{}tariff:", self.prefix);
+        let pattern = format!("{head}*");
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| store_err("SCAN", &e))?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for chunk in keys.chunks(READ_BATCH) {
+            let replies = self.fetch_batch(&mut conn, chunk).await?;
+            for (key, reply) in chunk.iter().zip(replies) {
+                let name =
+                    String::from_utf8_lossy(key.get(head.len()..).unwrap_or_default()).into_owned();
+                match parse_tariff(&name, reply) {
+                    Ok(Some(t)) => good.push((name, t)),
+                    Ok(None) => {} // deleted between SCAN and HGETALL
+                    Err(b) => bad.push(b),
+                }
+            }
+        }
+        Ok((good, bad))
+    }
+
+    /// Re-reads one tariff (a push of `tariff:NAME`): set, removed when gone, kept as it was
+    /// when bad or unreadable.
+    pub async fn apply_tariff(&self, snapshot: &Snapshot, name: &str) {
+        let mut conn = self.conn.clone();
+        let reply: RedisResult<Value> = redis::cmd("HGETALL")
+            .arg(format!("{}tariff:{name}", self.prefix))
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = &reply {
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                self.stats.push_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tariff = %name, error = %e, "tariff push update could not be read; the next full refresh catches up");
+                return;
+            }
+        }
+        match parse_tariff(name, reply) {
+            Ok(Some(t)) => {
+                tracing::info!(tariff = %name, prefixes = t.len(), "tariff push update applied");
+                snapshot.set_tariff(name, t);
+                self.stats.push_applied.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(None) => {
+                let had = snapshot.remove_tariff(name);
+                tracing::info!(tariff = %name, existed = had, "tariff push update: tariff gone");
+                self.stats.push_applied.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(b) => {
+                self.stats.push_bad_records.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tariff = %b.name, field = %b.field, reason = %b.reason, "tariff push update: bad tariff; its previous version stays");
             }
         }
     }
@@ -512,16 +645,19 @@ impl RedisSource {
             tracing::debug!(payload = %head.escape_debug(), "push update with an invalid account id ignored");
             return;
         }
+        // When the read began: live credit drops the calls that ended before it (SPEC 7).
+        let mut read_at = Instant::now();
         let mut read = self.load_one(id).await;
         if read.is_err() {
             // Once more after a pause: the first command after a reconnect fails (#1415).
             tokio::time::sleep(LOAD_RETRY_DELAY).await;
+            read_at = Instant::now();
             read = self.load_one(id).await;
         }
         match read {
             Ok(Record::Good(acct)) => {
                 tracing::debug!(account = %id, balance = %acct.balance, "push update applied");
-                snapshot.upsert(acct);
+                snapshot.upsert_read_at(acct, read_at);
                 self.stats.push_applied.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Record::Missing) => {
@@ -636,7 +772,12 @@ impl RedisSource {
                 };
                 match std::str::from_utf8(msg.get_payload_bytes()) {
                     Ok(id) => {
-                        self.apply_one(&snapshot, id.trim()).await;
+                        // `tariff:NAME` re-reads a tariff (an account id of that form is only
+                        // re-read by the full refresh; docs/redis.md).
+                        match id.trim().strip_prefix("tariff:") {
+                            Some(name) => self.apply_tariff(&snapshot, name).await,
+                            None => self.apply_one(&snapshot, id.trim()).await,
+                        }
                         on_applied();
                     }
                     Err(_) => {
@@ -674,6 +815,36 @@ impl LogLimiter {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
+
+    /// Issue 11: a tariff hash parses into prefixes; a bad field names the tariff and field;
+    /// an empty or missing key is gone.
+    #[test]
+    fn tariff_hashes_parse_and_bad_fields_are_named() {
+        let hash = |pairs: &[(&str, &str)]| {
+            Ok(Value::Array(
+                pairs
+                    .iter()
+                    .flat_map(|(k, v)| {
+                        [
+                            Value::BulkString(k.as_bytes().to_vec()),
+                            Value::BulkString(v.as_bytes().to_vec()),
+                        ]
+                    })
+                    .collect(),
+            ))
+        };
+        let t = parse_tariff("intl", hash(&[("44", "0.05"), ("4420", "0.01 0.05 60/6")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.len(), 2);
+        let e = parse_tariff("intl", hash(&[("44", "0.05"), ("44", "abc")])).unwrap_err();
+        assert_eq!((e.name.as_str(), e.field.as_str()), ("intl", "44"));
+        let e = parse_tariff("intl", hash(&[("4x", "0.05")])).unwrap_err();
+        assert_eq!(e.field, "4x");
+        assert!(parse_tariff("intl", Ok(Value::Nil)).unwrap().is_none());
+        assert!(parse_tariff("intl", hash(&[])).unwrap().is_none());
+        assert!(parse_tariff("bad name", hash(&[("1", "1")])).is_err());
+    }
     use super::*;
 
     fn bulk(s: &str) -> Value {
