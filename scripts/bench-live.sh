@@ -172,26 +172,7 @@ EOF
 }
 for d in $DAEMONS; do write_config "$d"; done
 
-# Accounts: acct-0 .. acct-(N-1) for the load tool (every 10th, i % 10 == 5, has no credit and
-# is refused with 402), and the SIPp trunk. Every limit is far above what the load asks for.
-RATE_COL=rate_per_min
-RATE_VAL=0.0100
-if [ "$TARIFF" = 1 ]; then
-    RATE_COL=tariff
-    RATE_VAL=bench
-fi
-awk -v n="$ACCOUNTS" -v col="$RATE_COL" -v val="$RATE_VAL" -v trunk="$TRUNK" 'BEGIN {
-    print "id,balance,debit_limit,enabled,currency,max_channels,max_cps,daily_spend_limit,spent_today," col;
-    for (i = 0; i < n; i++)
-        printf "acct-%d,%s,0,1,EUR,1000,1000,1000000.0000,0.0000,%s\n", i, (i % 10 == 5) ? "0.0000" : "1000000.0000", val;
-    printf "%s,100000000.0000,0,1,EUR,1000000,1000000,100000000.0000,0.0000,%s\n", trunk, val;
-}' >"$WORK/accounts.csv"
-t0=$(date +%s.%N)
-"$BIN" accounts import "$WORK/accounts.csv" --config "$WORK/off.toml" >"$WORK/import.out"
-t1=$(date +%s.%N)
-echo "import: $(head -1 "$WORK/import.out") in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s" >&2
-
-TARIFF_NOTE="every account rated by \`rate_per_min = \"$RATE_VAL\"\`"
+TARIFF_NOTE="every account rated by \`rate_per_min = \"0.0100\"\`"
 if [ "$TARIFF" = 1 ]; then
     # Tariff "bench": 1000 prefixes of 2 to 6 digits (all two-digit ones, 49 + two digits,
     # then pseudo-random longer ones), so the dialled 4930123456 matches 49, 4930 and 493012.
@@ -216,6 +197,25 @@ EOF
     TARIFF_NOTE="every account on tariff \`bench\` ($(($(wc -l <"$WORK/tariff.csv") - 1)) prefixes of 2-6 digits; the dialled $NUMBER matches 49, 4930 and 493012)"
 fi
 
+# Accounts: acct-0 .. acct-(N-1) for the load tool (every 10th, i % 10 == 5, has no credit and
+# is refused with 402), and the SIPp trunk. Every limit is far above what the load asks for.
+RATE_COL=rate_per_min
+RATE_VAL=0.0100
+if [ "$TARIFF" = 1 ]; then
+    RATE_COL=tariff
+    RATE_VAL=bench
+fi
+awk -v n="$ACCOUNTS" -v col="$RATE_COL" -v val="$RATE_VAL" -v trunk="$TRUNK" 'BEGIN {
+    print "id,balance,debit_limit,enabled,currency,max_channels,max_cps,daily_spend_limit,spent_today," col;
+    for (i = 0; i < n; i++)
+        printf "acct-%d,%s,0,1,EUR,1000,1000,1000000.0000,0.0000,%s\n", i, (i % 10 == 5) ? "0.0000" : "1000000.0000", val;
+    printf "%s,100000000.0000,0,1,EUR,1000000,1000000,100000000.0000,0.0000,%s\n", trunk, val;
+}' >"$WORK/accounts.csv"
+t0=$(date +%s.%N)
+"$BIN" accounts import "$WORK/accounts.csv" --config "$WORK/off.toml" >"$WORK/import.out"
+t1=$(date +%s.%N)
+echo "import: $(head -1 "$WORK/import.out") in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s" >&2
+
 for d in $DAEMONS; do
     NO_COLOR=1 "$BIN" run --config "$WORK/$d.toml" >"$WORK/$d.log" 2>&1 &
     PID[$d]=$!
@@ -233,6 +233,9 @@ for d in $DAEMONS; do
     kill -0 "${PID[$d]}" 2>/dev/null || { echo "daemon $d died:" >&2; cat "$WORK/$d.log" >&2; exit 1; }
 done
 all_ready || { echo "the daemons are not ready" >&2; cat "$WORK"/*.log >&2; exit 1; }
+# What "on" makes of the SIPp trunk's calls (the price of the dialled number, the limits).
+curl -s "http://${ADMIN[on]}/accounts/$TRUNK?to=$NUMBER" >"$WORK/trunk-on.json"
+echo "GET /accounts/$TRUNK?to=$NUMBER on \"on\": $(head -c 1500 "$WORK/trunk-on.json")" >&2
 TCK=$(getconf CLK_TCK)
 
 pid_of() { echo "${PID[$1]}"; }
