@@ -35,4 +35,5 @@ mod sipvicious;
 mod snapshot_races;
 mod spiral;
 mod startup;
+mod tariffs;
 mod uri;
