@@ -381,10 +381,10 @@ if [ "${PERF:-}" = 1 ] && [ -n "$LOAD_RATES" ] && command -v perf >/dev/null; th
     wait "$PERF_PID" 2>/dev/null || true
     PERF_PID=""
     perf report -i "$WORK/perf.data" --no-children --stdio --percent-limit 0.7 -g none \
-        --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | sed -E 's/ +- +-$//; s/ {2,}/  /g' | head -40 >"$WORK/perf-top.txt" || true
+        --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | sed -E 's/ +- +- *$//; s/ {2,}/  /g' | head -40 >"$WORK/perf-top.txt" || true
     # Inclusive time of the live-credit frames (and of the packet path, for scale).
     perf report -i "$WORK/perf.data" --children --stdio --percent-limit 0.5 -g none \
-        --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | sed -E 's/ +- +-$//; s/ {2,}/  /g' \
+        --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | sed -E 's/ +- +- *$//; s/ {2,}/  /g' \
         | grep -E 'creditgate::(live|daemon::calls|daemon::worker::serve|core::handle|core::proxy|core::admission)' \
         | head -30 >"$WORK/perf-live.txt" || true
     PERF_TOP=1
