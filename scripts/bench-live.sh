@@ -16,10 +16,10 @@
 #      the scenario's rtd; SIPp's clock has 1 ms resolution) p50/p99 and mean.
 #   2. examples/udp_load.rs: new-call INVITEs only over ACCOUNTS accounts (every 10th without
 #      credit: 402), its switch side records the INVITEs and answers nothing, so with tracking on
-#      the calls ring until `ring_timeout`. p50/p99 by the kernel's timestamps, lost. The "on"
-#      daemon's ring_timeout is RING_TIMEOUT (default "2s", the minimum is 1s), and every load
-#      run's CPU window ends RING_TIMEOUT + 2 s after the load tool, so the removal of each of
-#      its calls by the ring timeout is charged to the run that made it.
+#      the calls ring until `ring_timeout`. p50/p99 by the kernel's timestamps, lost. The
+#      tracking daemons' ring_timeout is RING_TIMEOUT (default "2s", the minimum is 1s), and every
+#      load run's CPU window (every daemon's) ends RING_TIMEOUT + 2 s after the load tool, so the
+#      removal of each of its calls by the ring timeout is charged to the run that made it.
 # For every run: the daemon's CPU during the run (utime + stime from /proc/PID/stat, 10 ms
 # ticks; and the sum of its threads' run time from /proc/PID/task/*/schedstat, ns), per call
 # (SIPp: per successful call, i.e. 7 datagrams through creditgate; load tool: per answered
@@ -37,13 +37,12 @@
 #
 # Environment: TARIFF=0|1 (default 1), SIPP_HOLD_MS (default 1000), RING_TIMEOUT (default "2s"),
 # PERF=1 (at the end, one more load-tool run at the highest rate on the "on" daemon under
-# `perf record -g`, not counted; prints the top frames), CREDITGATE_BIN / LOAD_BIN (use these
+# `perf record --call-graph dwarf`, not counted; prints the top frames), CREDITGATE_BIN / LOAD_BIN (use these
 # binaries, build nothing), KEEP=1 (keep the work directory).
 #
 # Loopback only (the daemons on 127.0.0.4 (off), 127.0.0.6 (on), 127.0.0.7 (track) and
-# 127.0.0.8 (nolow), the callers on 127.0.0.1,
-# the switch on 127.0.0.2, Redis on 127.0.0.1); every loop is bounded and every process it
-# starts is stopped on exit.
+# 127.0.0.8 (nolow), the callers on 127.0.0.1, the switch on 127.0.0.2, Redis on 127.0.0.1);
+# every loop is bounded and every process it starts is stopped on exit.
 set -euo pipefail
 
 ACCOUNTS=${1:-100000}
@@ -505,7 +504,7 @@ echo '```'
 
 if [ -n "$PERF_TOP" ]; then
     echo
-    echo "perf record -g of \"on\" during one more load-tool run (not counted above), top self-time symbols:"
+    echo "perf record --call-graph dwarf of \"on\" during one more load-tool run (not counted above), top self-time symbols:"
     echo
     echo '```'
     cat "$WORK/perf-top.txt"
