@@ -405,17 +405,22 @@ fn query_to(query: Option<&str>) -> Option<String> {
     (!v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic())).then_some(v)
 }
 
+/// 400 with the id and what is wrong with the request.
+fn bad_request(id: &str, error: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "id": id, "error": error })),
+    )
+        .into_response()
+}
+
 async fn get_account(
     State(st): State<Arc<AdminState>>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
     if !valid_account_id(&id) {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "id": id, "error": "not a valid account id" })),
-        )
-            .into_response();
+        return bad_request(&id, "not a valid account id");
     }
     let policy = st.shared.policy.load();
     let snap = &st.shared.snapshot;
@@ -534,18 +539,10 @@ async fn get_account_calls(
     RawQuery(query): RawQuery,
 ) -> Response {
     if !valid_account_id(&id) {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "id": id, "error": "not a valid account id" })),
-        )
-            .into_response();
+        return bad_request(&id, "not a valid account id");
     }
     let Ok(limit) = calls_limit(query.as_deref()) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "id": id, "error": "limit: not a whole number" })),
-        )
-            .into_response();
+        return bad_request(&id, "limit: not a whole number");
     };
     let mut body = calls_json(st.shared.live.as_deref(), &id, limit, Instant::now());
     if st.shared.snapshot.account(&id).is_none() {

@@ -203,6 +203,23 @@ pub const ACCOUNT_FIELDS: [&str; 12] = [
 
 /// Turns one `HGETALL` reply into a [`Record`]: string fields as [`Account::from_fields`] takes
 /// them. Non-UTF-8 field names or values make the record bad.
+/// One `SCAN cursor MATCH pattern COUNT SCAN_COUNT`: the next cursor and the keys.
+async fn scan_page(
+    conn: &mut ConnectionManager,
+    cursor: u64,
+    pattern: &str,
+) -> Result<(u64, Vec<Vec<u8>>), SourceError> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_COUNT)
+        .query_async(conn)
+        .await
+        .map_err(|e| store_err("SCAN", &e))
+}
+
 /// Parses a `{prefix}tariff:{name}` hash (field = prefix, value = entry): `Ok(None)` when the
 /// key is gone, `Err` naming the first bad field.
 pub fn parse_tariff(name: &str, reply: RedisResult<Value>) -> Result<Option<Tariff>, BadTariff> {
@@ -393,15 +410,7 @@ impl RedisSource {
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| store_err("SCAN", &e))?;
+            let (next, batch) = scan_page(&mut conn, cursor, &pattern).await?;
             keys.extend(batch);
             if next == 0 {
                 break;
@@ -543,15 +552,7 @@ impl RedisSource {
         let mut batch: Vec<Vec<u8>> = Vec::with_capacity(READ_BATCH);
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| store_err("SCAN", &e))?;
+            let (next, keys) = scan_page(&mut conn, cursor, &pattern).await?;
             for key in keys {
                 let Some(rest) = key.strip_prefix(key_head.as_bytes()) else {
                     continue;
